@@ -1,0 +1,1 @@
+"""lumina: Lumina-Next (Next-DiT)."""

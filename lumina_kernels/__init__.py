@@ -1,0 +1,1 @@
+"""lumina_kernels: the compiled op library of lumina (see README)."""
