@@ -19,7 +19,7 @@ ROOT = pathlib.Path(__file__).resolve().parent
 
 
 def _find_cuda_home() -> str | None:
-    """CUDA_HOME, else the toolkit behind nvcc (resolving wrapper scripts), else /usr/local/cuda."""
+    """CUDA_HOME, else the toolkit of the nvcc on PATH, else /usr/local/cuda (a wrapper script on PATH has no headers)."""
     for var in ("CUDA_HOME", "CUDA_PATH"):
         if os.environ.get(var):
             return os.environ[var]
@@ -29,7 +29,7 @@ def _find_cuda_home() -> str | None:
         candidates.append(pathlib.Path(os.path.realpath(nvcc)).parent.parent)
     candidates.append(pathlib.Path("/usr/local/cuda"))
     for home in candidates:
-        if (home / "bin" / "nvcc").exists():
+        if (home / "bin" / "nvcc").exists() and (home / "include" / "cuda_runtime.h").exists():
             return str(home)
     return None
 
@@ -69,14 +69,14 @@ def _extension():
     os.environ["TORCH_CUDA_ARCH_LIST"] = arch_spec
     print(f"lumina: building CPU and CUDA kernels for {arch_spec} with {_cuda_home}")
     defines = ["-DLUMINA_WITH_CUDA", f'-DLUMINA_CUDA_ARCH_LIST="{arch_spec}"', f'-DLUMINA_CUDA_VERSION="{torch.version.cuda}"']
-    # cuBLAS/cuSPARSE headers that torch's CUDA headers pull in live in the nvidia wheels, not the toolkit.
-    include_dirs = [str(p) for p in (pathlib.Path(d) / "nvidia" / "cu13" / "include" for d in _site_dirs()) if p.is_dir()]
+    # cuBLAS/cuSPARSE headers that some torch CUDA headers pull in live in the nvidia wheels, not the
+    # toolkit. Searched after the toolkit's own headers (the wheel's cuda_runtime.h must not shadow them).
+    after = [f"-idirafter{p}" for p in (pathlib.Path(d) / "nvidia" / "cu13" / "include" for d in _site_dirs()) if p.is_dir()]
     nvcc = ["-O3", "-DNDEBUG", "--use_fast_math", "-lineinfo", "--expt-relaxed-constexpr"]
     return CUDAExtension(
         "lumina_kernels._C",
         cpu_sources + cuda_host_sources + cuda_sources,
-        include_dirs=include_dirs,
-        extra_compile_args={"cxx": cxx + defines, "nvcc": nvcc},
+        extra_compile_args={"cxx": cxx + defines + after, "nvcc": nvcc},
     )
 
 

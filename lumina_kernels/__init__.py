@@ -1,1 +1,29 @@
-"""lumina_kernels: the compiled op library of lumina (see README)."""
+"""lumina_kernels: the compiled op library of lumina.
+
+    import lumina_kernels as lk
+    y = lk.rms_norm(x, weight)                               # (..., D)
+    y = lk.modulated_rms_norm(x, weight, scale)              # x (B, L, D), scale (B, D)
+    x = lk.gated_rms_norm_residual(x, attn, weight, gate)    # residual + tanh(gate) * rms_norm(attn)
+    q = lk.apply_rope(q, freqs_cis)                          # q (B, L, H, D), freqs_cis complex64 (L, D/2)
+    print(lk.explain("fused_rms_norm", x, weight))           # which backend runs, and why not the others
+
+Every op runs on the compiled CUDA kernel, the compiled C++ CPU kernel or its PyTorch reference
+(`lumina_kernels.reference`), whichever is the first to support the inputs.
+"""
+from . import reference
+from ._ext import BUILD_INFO, HAS_CPU_KERNELS, HAS_CUDA_KERNELS, LOAD_ERROR
+from .dispatch import explain
+from .ops import apply_rope, gated_rms_norm_residual, modulated_rms_norm, rms_norm
+
+__all__ = [
+    "rms_norm",
+    "modulated_rms_norm",
+    "gated_rms_norm_residual",
+    "apply_rope",
+    "explain",
+    "reference",
+    "BUILD_INFO",
+    "HAS_CPU_KERNELS",
+    "HAS_CUDA_KERNELS",
+    "LOAD_ERROR",
+]
