@@ -204,12 +204,11 @@ if _ext.LOAD_ERROR is None:
 
     @torch.library.register_fake("lumina::fused_rms_norm_backward")
     def _(grad_out, x, weight, scale, gate, rstd):
-        empty = x.new_empty(0)
         return (
             torch.empty_like(x),
             torch.empty_like(weight),
-            torch.empty_like(scale) if scale is not None else empty,
-            torch.empty_like(gate) if gate is not None else empty,
+            torch.empty_like(scale) if scale is not None else x.new_empty(0),
+            torch.empty_like(gate) if gate is not None else x.new_empty(0),
         )
 
     @torch.library.register_fake("lumina::rope")

@@ -1,0 +1,42 @@
+"""Test helpers shared by tests/ and benchmarks/: the one table of tolerances, and fresh inputs."""
+from __future__ import annotations
+
+import torch
+
+# (atol, rtol) per dtype, for a kernel against the reference run on the same inputs. Both compute in
+# fp32 and round once, so outputs differ by about one unit in the last place of the dtype; gradients
+# pass through reductions summed in another order, hence the looser "grad" entries.
+TOLERANCES: dict[str, dict[torch.dtype, tuple[float, float]]] = {
+    "forward": {
+        torch.float32: (1e-5, 1e-5),
+        torch.float16: (1e-3, 1e-3),
+        torch.bfloat16: (8e-3, 8e-3),
+        torch.float64: (1e-12, 1e-12),
+    },
+    "grad": {
+        torch.float32: (1e-4, 1e-4),
+        torch.float16: (2e-3, 4e-3),
+        torch.bfloat16: (2e-2, 2e-2),
+        torch.float64: (1e-10, 1e-10),
+    },
+}
+
+
+def assert_close(actual: torch.Tensor, expected: torch.Tensor, kind: str = "forward", msg: str = "") -> None:
+    """torch.testing.assert_close with the tolerance of `expected`'s dtype; NaN never passes."""
+    atol, rtol = TOLERANCES[kind][expected.dtype]
+    assert actual.dtype == expected.dtype, f"{msg}: dtype {actual.dtype} != {expected.dtype}"
+    assert torch.isfinite(actual).all(), f"{msg}: non-finite values in the result"
+    torch.testing.assert_close(actual, expected, atol=atol, rtol=rtol, msg=lambda m: f"{msg}\n{m}")
+
+
+def rope_table(seq: int, head_dim: int, batch: int | None = None, theta: float = 10000.0,
+               device: str | torch.device = "cpu", generator: torch.Generator | None = None) -> torch.Tensor:
+    """A complex64 RoPE table (seq, head_dim/2), or (batch, seq, head_dim/2) with shuffled positions per sample."""
+    freqs = 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.float64)[: head_dim // 2] / head_dim)
+    if batch is None:
+        pos = torch.arange(seq, dtype=torch.float64)
+    else:
+        pos = torch.stack([torch.randperm(seq, generator=generator).double() for _ in range(batch)])
+    angles = pos[..., None] * freqs  # (..., seq, head_dim/2)
+    return torch.polar(torch.ones_like(angles), angles).to(torch.complex64).to(device)

@@ -1,0 +1,37 @@
+import os
+
+import pytest
+import torch
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+def device_params():
+    """cpu always; cuda as a parameter marked `cuda`, skipped (never failed) without a GPU."""
+    return [
+        pytest.param("cpu", id="cpu"),
+        pytest.param(
+            "cuda",
+            id="cuda",
+            marks=[pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU")],
+        ),
+    ]
+
+
+@pytest.fixture(autouse=True)
+def fresh_seed(request):
+    """Fresh random inputs on every run; the seed is printed with any failure to reproduce it."""
+    seed = int(os.environ.get("LUMINA_TEST_SEED", int.from_bytes(os.urandom(4), "little")))
+    torch.manual_seed(seed)
+    request.node.user_properties.append(("seed", seed))
+    yield seed
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    if report.failed:
+        for k, v in item.user_properties:
+            if k == "seed":
+                report.sections.append(("seed", f"reproduce with LUMINA_TEST_SEED={v}"))
