@@ -6,7 +6,7 @@ it refuses them. The dispatcher takes the first that accepts; `explain` shows th
 
     >>> import lumina_kernels
     >>> print(lumina_kernels.explain("rms_norm", x, w))
-    rms_norm -> reference
+    fused_rms_norm -> reference
       cuda: refused: x is on cpu, not a CUDA device
       cpu: refused: dtype torch.float64 is not one of float32, bfloat16, float16
       reference: accepted
@@ -86,6 +86,12 @@ def register(op: str, backends: list[Backend], inputs: Callable[..., dict[str, A
     REGISTRY[op] = d
     INPUTS[op] = inputs
     return d
+
+
+def alias(name: str, op: str, inputs: Callable[..., dict[str, Any]]) -> None:
+    """Let `explain(name, ...)` take the arguments of a public function that runs `op`."""
+    REGISTRY[name] = REGISTRY[op]
+    INPUTS[name] = inputs
 
 
 def explain(op: str, *args: Any, **kwargs: Any) -> Decision:

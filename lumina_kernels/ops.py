@@ -65,6 +65,10 @@ _norm_dispatch = dispatch.register(
     ],
     _norm_inputs,
 )
+dispatch.alias("rms_norm", "fused_rms_norm", lambda x, weight, eps=1e-5: _norm_inputs(x, weight))
+dispatch.alias("modulated_rms_norm", "fused_rms_norm", lambda x, weight, scale, eps=1e-5: _norm_inputs(x, weight, scale))
+dispatch.alias("gated_rms_norm_residual", "fused_rms_norm",
+               lambda residual, y, weight, gate, eps=1e-5: _norm_inputs(y, weight, None, gate, residual))
 
 
 def _modulation(v: Tensor | None, name: str, x: Tensor, x_name: str) -> Tensor | None:

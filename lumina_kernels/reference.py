@@ -56,9 +56,9 @@ def gated_rms_norm_residual(residual: Tensor, y: Tensor, weight: Tensor, gate: T
 def apply_rope(x: Tensor, freqs_cis: Tensor, inverse: bool = False) -> Tensor:
     """Rotate pairs (x[..., 2i], x[..., 2i+1]) of x (B, L, H, D) by freqs_cis (L, D/2) or (B, L, D/2)."""
     ct = _compute_dtype(x)
-    xc = torch.view_as_complex(x.to(ct).reshape(*x.shape[:-1], -1, 2))  # (B, L, H, D/2) complex
-    f = freqs_cis.to(torch.complex128 if ct == torch.float64 else torch.complex64)
+    x0, x1 = x.to(ct).reshape(*x.shape[:-1], -1, 2).unbind(-1)  # each (B, L, H, D/2)
+    f = freqs_cis.unsqueeze(-2)  # (L, 1, D/2) or (B, L, 1, D/2): the same rotation for every head
+    cos, sin = f.real.to(ct), f.imag.to(ct)
     if inverse:
-        f = f.conj()
-    f = f.unsqueeze(-2)  # (L, 1, D/2) or (B, L, 1, D/2): the same rotation for every head
-    return torch.view_as_real(xc * f).flatten(-2).to(x.dtype)  # (B, L, H, D)
+        sin = -sin
+    return torch.stack([x0 * cos - x1 * sin, x0 * sin + x1 * cos], dim=-1).flatten(-2).to(x.dtype)  # (B, L, H, D)

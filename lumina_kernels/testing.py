@@ -12,12 +12,14 @@ TOLERANCES: dict[str, dict[torch.dtype, tuple[float, float]]] = {
         torch.float16: (1e-3, 1e-3),
         torch.bfloat16: (8e-3, 8e-3),
         torch.float64: (1e-12, 1e-12),
+        torch.complex64: (1e-5, 1e-5),
     },
     "grad": {
         torch.float32: (1e-4, 1e-4),
         torch.float16: (2e-3, 4e-3),
         torch.bfloat16: (2e-2, 2e-2),
         torch.float64: (1e-10, 1e-10),
+        torch.complex64: (1e-4, 1e-4),
     },
 }
 

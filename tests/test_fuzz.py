@@ -1,0 +1,98 @@
+"""Hypothesis fuzzing of every op over shapes, dtypes and memory layouts.
+
+Each case must either give the reference's answer or raise a ValueError that names an argument:
+never a crash, a hang, another exception, or a silently different answer.
+"""
+import re
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import lumina_kernels as lk
+from lumina_kernels import reference
+from lumina_kernels.testing import assert_close, rope_table
+
+DTYPES = [torch.float32, torch.bfloat16, torch.float16, torch.float64]
+LAYOUTS = ["contiguous", "strided", "transposed", "offset"]
+FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+def materialise(shape, dtype, layout, seed):
+    """A tensor of `shape` with random values laid out in memory as `layout` says."""
+    g = torch.Generator().manual_seed(seed)
+    if layout == "strided":  # every other element of the last dimension
+        return torch.randn(*shape[:-1], 2 * shape[-1], generator=g).to(dtype)[..., ::2]
+    if layout == "transposed" and len(shape) >= 2:
+        s = list(shape)
+        s[0], s[1] = s[1], s[0]
+        return torch.randn(*s, generator=g).to(dtype).transpose(0, 1)
+    if layout == "offset":  # contiguous, but one element into its storage
+        n = 1
+        for d in shape:
+            n *= d
+        return torch.randn(n + 1, generator=g).to(dtype)[1:].view(shape)
+    return torch.randn(*shape, generator=g).to(dtype)
+
+
+def check_value_error(err: ValueError):
+    assert re.search(r"`\w+`", str(err)), f"error does not name an argument: {err}"
+
+
+@FUZZ
+@given(
+    variant=st.sampled_from(["plain", "modulated", "gated"]),
+    lead=st.lists(st.integers(1, 9), min_size=1, max_size=3),
+    dim=st.integers(1, 300),
+    dtype=st.sampled_from(DTYPES),
+    layouts=st.tuples(*[st.sampled_from(LAYOUTS)] * 4),
+    wrong=st.sampled_from([None, "weight", "scale", "residual"]),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_fuzz_norm(variant, lead, dim, dtype, layouts, wrong, seed):
+    x = materialise((*lead, dim), dtype, layouts[0], seed)
+    w = materialise((dim + (wrong == "weight"),), dtype, layouts[1], seed + 1)
+    b = lead[0]
+    mod = materialise((b + (wrong == "scale"), dim), dtype, layouts[2], seed + 2)
+    res = materialise((*lead, dim + (wrong == "residual")), dtype, layouts[3], seed + 3)
+    try:
+        if variant == "plain":
+            out, ref = lk.rms_norm(x, w), reference.rms_norm(x, w)
+        elif variant == "modulated":
+            out, ref = lk.modulated_rms_norm(x, w, mod), reference.modulated_rms_norm(x, w, mod)
+        else:
+            out, ref = lk.gated_rms_norm_residual(res, x, w, mod), reference.gated_rms_norm_residual(res, x, w, mod)
+    except ValueError as e:
+        check_value_error(e)
+        invalid = (wrong == "weight" or (variant == "modulated" and (wrong == "scale" or len(lead) < 2))
+                   or (variant == "gated" and (wrong in ("scale", "residual") or len(lead) < 2)))
+        assert invalid, f"valid input refused: {e}"
+        return
+    assert wrong is None or (variant == "plain" and wrong != "weight") or (variant == "modulated" and wrong == "residual"), \
+        "invalid input accepted"
+    assert_close(out, ref, msg=f"{variant} {lead} {dim} {dtype} {layouts}")
+
+
+@FUZZ
+@given(
+    shape=st.tuples(st.integers(1, 3), st.integers(1, 40), st.integers(1, 5), st.integers(1, 40)),
+    dtype=st.sampled_from(DTYPES),
+    layout=st.sampled_from(LAYOUTS),
+    per_batch=st.booleans(),
+    table_len=st.sampled_from([0, 0, 0, 1]),  # sometimes one position too many
+    inverse=st.booleans(),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_fuzz_rope(shape, dtype, layout, per_batch, table_len, inverse, seed):
+    B, L, H, D = shape
+    x = materialise(shape, dtype, layout, seed)
+    f = rope_table(L + table_len, 2 * max(D // 2, 1), batch=B if per_batch else None)
+    try:
+        out = lk.apply_rope(x, f, inverse)
+    except ValueError as e:
+        check_value_error(e)
+        assert D % 2 == 1 or table_len, f"valid input refused: {e}"
+        return
+    assert D % 2 == 0 and not table_len, "invalid input accepted"
+    assert_close(out, reference.apply_rope(x, f, inverse), msg=f"{shape} {dtype} {layout}")
