@@ -72,7 +72,7 @@ def _extension():
     # cuBLAS/cuSPARSE headers that some torch CUDA headers pull in live in the nvidia wheels, not the
     # toolkit. Searched after the toolkit's own headers (the wheel's cuda_runtime.h must not shadow them).
     after = [f"-idirafter{p}" for p in (pathlib.Path(d) / "nvidia" / "cu13" / "include" for d in _site_dirs()) if p.is_dir()]
-    nvcc = ["-O3", "-DNDEBUG", "--use_fast_math", "-lineinfo", "--expt-relaxed-constexpr"]
+    nvcc = ["-O3", "-DNDEBUG", "-lineinfo", "--expt-relaxed-constexpr"]
     return CUDAExtension(
         "lumina_kernels._C",
         cpu_sources + cuda_host_sources + cuda_sources,

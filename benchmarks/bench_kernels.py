@@ -293,11 +293,11 @@ def test_kernel(benchmark, case: Case):
             if case.pass_ == "fwdbwd":
                 for i in grad_idx:
                     args[i].requires_grad_(True)
-                grad_out = _rand(args[0].shape if case.op == "apply_rope" else args[1 if case.op.startswith("gated") else 0].shape,
-                                 case.dtype, device)
+                out_like = args[1] if case.op == "gated_rms_norm_residual" else args[0]  # y, else x
+                grad_out = _rand(out_like.shape, case.dtype, device)
+            if k == 0 and case.impl in ("lumina", "lumina-eager"):  # which backend the wrapper runs
+                info["backend"] = lk.explain(case.op, *args).backend
             if k == 0 and case.impl == "lumina":
-                info["backend"] = lk.explain("fused_rms_norm" if case.op in NORM_OPS else "apply_rope",
-                                             *(args[1:] if case.op.startswith("gated") else args)).backend
                 _check_lumina(case, args, grad_idx, grad_out)
             steps.append(_step(fn, args, grad_idx, grad_out, case.pass_))
         if case.impl == "compiled":

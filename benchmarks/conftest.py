@@ -6,9 +6,15 @@
 
 pyproject's addopts carry --benchmark-skip so that a plain `pytest` skips these; --benchmark-only
 overrides it.
+
+Environment: LUMINA_BENCH_COMPILE=0 skips the torch.compile cases; LUMINA_BENCH_CPU_MAX_TIME and
+LUMINA_BENCH_CUDA_MAX_TIME (seconds per benchmark, default 0.2 and 0.3); LUMINA_BENCH_CPU_THREADS
+sets torch's CPU threads (CPU timings on a small shared machine are noisy: other processes on the
+same cores stall torch's thread pool).
 """
 from __future__ import annotations
 
+import os
 import platform
 
 import pytest
@@ -23,11 +29,20 @@ def pytest_collect_file(file_path, parent):
 
 
 def pytest_configure(config):
+    # On a CPU-only machine inductor's pool of compile workers only competes with the timed code.
+    if not torch.cuda.is_available() and "TORCHINDUCTOR_COMPILE_THREADS" not in os.environ:
+        from torch._inductor import config as inductor_config
+
+        inductor_config.compile_threads = 1
+    if os.environ.get("LUMINA_BENCH_CPU_THREADS"):
+        torch.set_num_threads(int(os.environ["LUMINA_BENCH_CPU_THREADS"]))
     # Each benchmark compiles the reference afresh for its device, dtype and shape; with the default
     # recompile limit (8) dynamo would give up on the shared reference functions part-way through.
+    from torch._dynamo import config as dynamo_config
+
     for name in ("recompile_limit", "cache_size_limit", "accumulated_recompile_limit", "accumulated_cache_size_limit"):
-        if hasattr(torch._dynamo.config, name):
-            setattr(torch._dynamo.config, name, max(getattr(torch._dynamo.config, name), 256))
+        if hasattr(dynamo_config, name):
+            setattr(dynamo_config, name, max(getattr(dynamo_config, name), 256))
 
 
 def pytest_benchmark_update_machine_info(config, machine_info):

@@ -1,0 +1,1 @@
+"""Kernel benchmarks (a package so that its conftest does not shadow tests/conftest.py as `conftest`)."""

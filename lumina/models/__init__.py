@@ -1,0 +1,1 @@
+"""Model layer: Next-DiT and its rotary position tables."""
