@@ -3,12 +3,24 @@
 #include <torch/library.h>
 
 #include <cmath>
+#include <vector>
 
 #include "../cpu_utils.h"
 #include "norm_host.h"
 
 namespace lumina {
 namespace {
+
+// Per-(batch, column) factors, computed once instead of once per row: 1 + scale and tanh(gate).
+template <typename T>
+std::vector<float> per_batch(const T* v, int64_t n, bool is_gate) {
+  std::vector<float> out(v ? n : 0);
+  for (int64_t i = 0; v && i < n; ++i) {
+    const float f = static_cast<float>(v[i]);
+    out[i] = is_gate ? std::tanh(f) : 1.f + f;
+  }
+  return out;
+}
 
 template <typename T>
 void fwd_kernel(const RmsNormFwdParams& p) {
@@ -20,6 +32,7 @@ void fwd_kernel(const RmsNormFwdParams& p) {
   T* out = static_cast<T*>(p.out);
   const int64_t D = p.dim;
   const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(D, 1));
+  const std::vector<float> mod = per_batch(scale, p.batch * D, false), gat = per_batch(gate, p.batch * D, true);
   at::parallel_for(0, p.batch * p.rows, grain, [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) {
       const int64_t b = r / p.rows;
@@ -34,8 +47,8 @@ void fwd_kernel(const RmsNormFwdParams& p) {
       T* o = out + r * D;
       for (int64_t d = 0; d < D; ++d) {
         float y = static_cast<float>(xr[d]) * rstd * static_cast<float>(w[d]);
-        if (scale) y *= 1.f + static_cast<float>(scale[b * D + d]);
-        if (gate) y *= std::tanh(static_cast<float>(gate[b * D + d]));
+        if (scale) y *= mod[b * D + d];
+        if (gate) y *= gat[b * D + d];
         if (res) y += static_cast<float>(res[r * D + d]);
         o[d] = static_cast<T>(y);
       }
@@ -52,6 +65,7 @@ void bwd_kernel(const RmsNormBwdParams& p) {
   const T* gate = static_cast<const T*>(p.gate);
   T* gx = static_cast<T*>(p.grad_x);
   const int64_t D = p.dim;
+  const std::vector<float> mod = per_batch(scale, p.batch * D, false), gat = per_batch(gate, p.batch * D, true);
   // One task per (batch, chunk): each writes its own partial rows, so no two tasks share memory.
   at::parallel_for(0, p.batch * p.chunks, 1, [&](int64_t begin, int64_t end) {
     std::vector<float> dy(D);
@@ -73,8 +87,8 @@ void bwd_kernel(const RmsNormBwdParams& p) {
         const T* gr = go + r * D;
         float dot = 0.f;
         for (int64_t d = 0; d < D; ++d) {
-          const float m = scale ? 1.f + static_cast<float>(scale[b * D + d]) : 1.f;
-          const float g = gate ? std::tanh(static_cast<float>(gate[b * D + d])) : 1.f;
+          const float m = scale ? mod[b * D + d] : 1.f;
+          const float g = gate ? gat[b * D + d] : 1.f;
           const float n = static_cast<float>(xr[d]) * rstd;       // normalised input
           const float wd = static_cast<float>(w[d]);
           const float gd = static_cast<float>(gr[d]);
