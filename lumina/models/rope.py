@@ -46,6 +46,8 @@ from typing import Sequence
 
 import torch
 
+from .._checks import real as _real
+
 __all__ = [
     "METHODS",
     "RopeScaling",
@@ -84,18 +86,6 @@ def _even(value, name: str) -> int:
     v = _int(value, name, minimum=2)
     if v % 2:
         raise ValueError(f"`{name}` must be a positive even integer, got {v}")
-    return v
-
-
-def _real(value, name: str) -> float:
-    if isinstance(value, bool):
-        raise ValueError(f"`{name}` must be a real number, got {value!r}")
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"`{name}` must be a real number, got {value!r}") from None
-    if not math.isfinite(v):
-        raise ValueError(f"`{name}` must be finite, got {v}")
     return v
 
 

@@ -24,6 +24,8 @@ from typing import Callable, Dict
 
 import torch
 
+from .._checks import real as _real
+
 __all__ = ["SCHEDULES", "time_grid", "uniform", "sigmoid", "shift_time", "SIGMOID_DEFAULTS"]
 
 SIGMOID_DEFAULTS = {"mu": 0.6, "alpha": 6.0, "beta": 20.0}
@@ -42,18 +44,6 @@ def _steps(steps) -> int:
     if n < 1:
         raise ValueError(f"`steps` must be an integer >= 1, got {n}")
     return n
-
-
-def _real(value, name: str) -> float:
-    if isinstance(value, bool):
-        raise ValueError(f"`{name}` must be a real number, got {value!r}")
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"`{name}` must be a real number, got {value!r}") from None
-    if not math.isfinite(v):
-        raise ValueError(f"`{name}` must be finite, got {v}")
-    return v
 
 
 # ----------------------------------------------------------------------------------------------
