@@ -1,1 +1,20 @@
-"""lumina: Lumina-Next (Next-DiT)."""
+"""lumina: Lumina-Next (Next-DiT) with hand-written kernels.
+
+``lumina.NextDiT`` / ``lumina.NextDiTConfig`` (the model), ``lumina.sample`` (flow ODE solvers),
+``lumina.LuminaPipeline`` and ``lumina.generate`` (text to image; imported on first use, as they pull in
+transformers and diffusers).
+"""
+from .models.nextdit import PRESETS, NextDiT, NextDiTConfig, config_from_preset
+from .sampling import sample
+
+__all__ = ["NextDiT", "NextDiTConfig", "PRESETS", "config_from_preset", "sample", "LuminaPipeline", "generate"]
+
+_LAZY = {"LuminaPipeline", "generate", "load_pipeline"}
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        from . import pipelines
+
+        return getattr(pipelines, name)
+    raise AttributeError(f"module 'lumina' has no attribute {name!r}")

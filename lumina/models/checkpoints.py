@@ -263,6 +263,8 @@ def _resolve_dir(path) -> tuple[Path, str]:
         return p, "official"
     if (p / DIFFUSERS_CONFIG).is_file():
         return p, "diffusers"
+    if (p / "transformer" / OFFICIAL_ARGS).is_file():  # a lumina pipeline root
+        return p / "transformer", "official"
     if (p / "transformer" / DIFFUSERS_CONFIG).is_file():  # a diffusers pipeline root
         return p / "transformer", "diffusers"
     found = sorted(x.name for x in p.iterdir())[:20]

@@ -1,0 +1,92 @@
+"""End-to-end model benchmarks: lumina's NextDiT forward against diffusers' LuminaNextDiT2DModel on the same weights.
+
+    pytest benchmarks/bench_e2e.py --benchmark-only                     # CPU (+ CUDA when present)
+    python benchmarks/summarize.py bench.json                           # with --benchmark-json=bench.json
+
+Shape (issue 3): the released model's width (dim 2304, 32 heads, 8 KV heads, head dim 72, caption dim 2048) with
+2 layers, batch 2, 32x32 latents (512 image tokens), a 128-token caption (the second one padded to 77), fp32 on the
+CPU (bf16 on CUDA). One group per device; in it
+
+    lumina     NextDiT.forward (fused norm kernels, one query projection, GQA without K/V copies)
+    diffusers  LuminaNextDiT2DModel.forward (its own RoPE table, sliced per call as its pipeline does)
+    gemm       torch.mm at the model's largest GEMM shape (tokens x 2304 -> 6144), the machine's matmul rate
+
+extra_info: flops (matmuls and attention of one forward, counted by torch.utils.flop_counter on the lumina model),
+so TFLOP/s = flops / median; for gemm its own flops. Outputs of the two models are checked equal first.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from lumina.models import checkpoints as ck
+from lumina.models.nextdit import NextDiT, config_from_preset
+
+DEVICES = [pytest.param("cpu", id="cpu"),
+           pytest.param("cuda", id="cuda", marks=[pytest.mark.cuda,
+                                                   pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU")])]
+
+
+def _setup(device: str):
+    from diffusers import LuminaNextDiT2DModel
+    from diffusers.models.embeddings import get_2d_rotary_pos_embed_lumina
+
+    dtype = torch.float32 if device == "cpu" else torch.bfloat16
+    cfg = config_from_preset("NextDiT_2B_GQA_patch2", n_layers=2)
+    torch.manual_seed(0)
+    ours = NextDiT(cfg)
+    with torch.no_grad():  # random weights everywhere, norm gains around 1
+        for name, p in ours.named_parameters():
+            p.copy_(0.02 * torch.randn_like(p) + (1.0 if "norm" in name and name.endswith("weight") else 0.0))
+    dmodel = LuminaNextDiT2DModel(**{k: v for k, v in ck.config_to_diffusers(cfg).items() if not k.startswith("_")})
+    dmodel.load_state_dict(ck.official_to_diffusers(ours.state_dict()))
+    ours, dmodel = ours.to(device, dtype).eval(), dmodel.to(device, dtype).eval()
+    B, L = 2, 128
+    x = torch.randn(B, 4, 32, 32, device=device, dtype=dtype)
+    t = torch.rand(B, device=device)
+    feats = torch.randn(B, L, cfg.cap_feat_dim, device=device, dtype=dtype)
+    mask = torch.ones(B, L, dtype=torch.int64, device=device)
+    mask[1, 77:] = 0
+    table = get_2d_rotary_pos_embed_lumina(cfg.head_dim, 384, 384).to(device)
+    return cfg, ours, dmodel, (x, t, feats, mask), table
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("impl", ["lumina", "diffusers", "gemm"])
+def test_nextdit_forward(benchmark, device, impl):
+    cfg, ours, dmodel, (x, t, feats, mask), table = _setup(device)
+    benchmark.group = f"nextdit-2B-width-2layers-b2-32x32 {device}"
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    with torch.inference_mode():
+        ref = dmodel(x, t, feats, mask, image_rotary_emb=table).sample[:, :4]
+        out = ours(x, t, feats, mask)
+        tol = 2e-4 if x.dtype == torch.float32 else 5e-2
+        torch.testing.assert_close(out, ref, rtol=tol, atol=tol * ref.abs().max().item())
+        flops_counter = FlopCounterMode(display=False)
+        with flops_counter:
+            ours(x, t, feats, mask)
+        flops = flops_counter.get_total_flops()
+
+        if impl == "lumina":
+            def fn():
+                ours(x, t, feats, mask)
+                sync()
+        elif impl == "diffusers":
+            def fn():
+                dmodel(x, t, feats, mask, image_rotary_emb=table)
+                sync()
+        else:
+            n = x.shape[0] * (x.shape[2] // 2) * (x.shape[3] // 2)
+            a = torch.randn(n, cfg.dim, device=device, dtype=x.dtype)
+            w = torch.randn(cfg.dim, cfg.ffn_hidden, device=device, dtype=x.dtype)
+            flops = 2 * n * cfg.dim * cfg.ffn_hidden
+
+            def fn():
+                torch.mm(a, w)
+                sync()
+        fn()
+        benchmark.extra_info.update(flops=flops, device=device, dtype=str(x.dtype).replace("torch.", ""),
+                                    threads=torch.get_num_threads())
+        benchmark.pedantic(fn, rounds=8 if device == "cpu" else 30, warmup_rounds=1)
+        benchmark.extra_info["tflops"] = flops / benchmark.stats.stats.median / 1e12

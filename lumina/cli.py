@@ -1,0 +1,106 @@
+"""The `lumina` command line, one to one with the Python API.
+
+    lumina generate PROMPT [PROMPT ...] [--model DIR] [-o out.png] [options of lumina.generate]
+    lumina info
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16",
+          "float16": "float16", "fp16": "float16"}
+
+
+def _generate_parser(sub) -> None:
+    from .models.rope import METHODS
+    from .sampling import SCHEDULES, SOLVERS
+
+    p = sub.add_parser("generate", help="text to image (lumina.generate)",
+                       description="Generate images from text prompts and save them as PNG files.")
+    p.add_argument("prompt", nargs="+", help="one or more prompts (a batch)")
+    p.add_argument("--negative-prompt", default="", help="negative prompt for CFG (default: empty)")
+    p.add_argument("--model", default=None,
+                   help="pipeline directory (default: $LUMINA_MODEL, else the bundled model)")
+    p.add_argument("--text-encoder", default=None, help="text encoder directory (default: MODEL/text_encoder)")
+    p.add_argument("--vae", default=None, help="VAE directory, or 'pixel' (default: MODEL/vae)")
+    p.add_argument("--height", type=int, default=None, help="pixels, a multiple of 16 (default: training size)")
+    p.add_argument("--width", type=int, default=None, help="pixels, a multiple of 16 (default: training size)")
+    p.add_argument("--steps", type=int, default=None, help="solver steps (default 30)")
+    p.add_argument("--solver", choices=sorted(SOLVERS), default=None, help="ODE solver (default midpoint)")
+    p.add_argument("--schedule", choices=sorted(SCHEDULES), default=None, help="time schedule (default uniform)")
+    p.add_argument("--shift", type=float, default=None, help="rational time shift (default 4)")
+    p.add_argument("--cfg", type=float, default=None, help="guidance scale (default 4; 1 = off)")
+    p.add_argument("--cfg-channels", type=int, default=None,
+                   help="guide only the first K latent channels (3 = the official quirk)")
+    p.add_argument("--cfg-renorm", type=float, default=None, help="renormalised CFG: max ||v|| / ||cond||")
+    p.add_argument("--cfg-truncation", type=float, default=None, help="no guidance from this time on (0..1)")
+    p.add_argument("--rope-scaling", choices=list(METHODS), default=None,
+                   help="RoPE extrapolation above the training size (default time_aware)")
+    p.add_argument("--scale-watershed", type=float, default=None, help="time_aware switch time (default 0.3)")
+    p.add_argument("--no-proportional-attn", dest="proportional_attn", action="store_false", default=None,
+                   help="turn proportional attention off")
+    p.add_argument("-n", "--num-images", type=int, default=1, help="images per prompt")
+    p.add_argument("--seed", type=int, default=None, help="random seed (the same image on every device)")
+    p.add_argument("--dtype", choices=sorted(DTYPES), default=None,
+                   help="transformer / text encoder dtype (default bf16 on CUDA, fp32 on CPU)")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available)")
+    p.add_argument("--no-ema", dest="ema", action="store_false", help="official checkpoints: non-EMA weights")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    p.add_argument("-o", "--output", default="lumina.png",
+                   help="PNG path; with several images, STEM_0.png, STEM_1.png, ... (default lumina.png)")
+
+
+def _output_paths(output: str, n: int) -> list[Path]:
+    out = Path(output)
+    if out.suffix.lower() != ".png":
+        raise ValueError(f"`--output` must end in .png, got {output!r}")
+    if n == 1:
+        return [out]
+    return [out.with_name(f"{out.stem}_{i}{out.suffix}") for i in range(n)]
+
+
+def cmd_generate(args) -> int:
+    import torch
+
+    from .pipelines import generate
+
+    paths = _output_paths(args.output, len(args.prompt) * args.num_images)
+    dtype = getattr(torch, DTYPES[args.dtype]) if args.dtype else None
+    images = generate(
+        args.prompt, args.negative_prompt, model=args.model, text_encoder=args.text_encoder, vae=args.vae,
+        dtype=dtype, device=args.device, ema=args.ema, height=args.height, width=args.width, steps=args.steps,
+        solver=args.solver, schedule=args.schedule, shift=args.shift, cfg=args.cfg, cfg_channels=args.cfg_channels,
+        cfg_renorm=args.cfg_renorm, cfg_truncation=args.cfg_truncation, rope_scaling=args.rope_scaling,
+        scale_watershed=args.scale_watershed, proportional_attn=args.proportional_attn,
+        num_images_per_prompt=args.num_images, seed=args.seed, progress=args.progress,
+    )
+    for img, path in zip(images, paths):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        img.save(path, format="PNG")
+        print(path)
+    return 0
+
+
+def cmd_info(args) -> int:
+    from lumina_kernels.info import main as info_main
+
+    return info_main([]) or 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="lumina", description="Lumina-Next (Next-DiT)")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _generate_parser(sub)
+    sub.add_parser("info", help="build and kernel information")
+    args = parser.parse_args(argv)
+    try:
+        return {"generate": cmd_generate, "info": cmd_info}[args.command](args)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"lumina {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,358 @@
+"""Text-to-image with Next-DiT: text encoder -> flow ODE over latents (CFG) -> VAE decode -> PIL images.
+
+A pipeline directory holds the three parts side by side::
+
+    transformer/         NextDiT: official (model_args.pth + consolidated*.safetensors) or diffusers layout
+    text_encoder/        a transformers model (Gemma-2B for Lumina-Next), with its tokenizer here or in tokenizer/
+    tokenizer/           (optional)
+    vae/                 a diffusers AutoencoderKL (SDXL VAE); absent for pixel-space models
+    lumina_pipeline.json (optional) text layer, max length, codec, generation defaults
+
+A diffusers ``Lumina-Next-SFT-diffusers`` folder has this layout already. An official release folder (weights only)
+is used with explicit ``text_encoder=`` and ``vae=`` paths.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+from PIL import Image
+
+from ..models.nextdit import NextDiT
+from ..models.rope import METHODS as ROPE_METHODS
+from ..models.rope import RopeScaling
+from ..sampling import SCHEDULES, SOLVERS, cfg_velocity, sample
+from .encoders import LatentCodec, PixelCodec, TextEncoder, VAECodec, to_pil
+
+PIPELINE_CONFIG = "lumina_pipeline.json"
+
+
+@dataclass
+class GenerationDefaults:
+    """Defaults of :meth:`LuminaPipeline.__call__` (the official Lumina-Next demo settings)."""
+
+    steps: int = 30
+    solver: str = "midpoint"
+    schedule: str = "uniform"
+    shift: float = 4.0
+    cfg: float = 4.0
+    rope_scaling: str = "time_aware"
+    scale_watershed: float = 0.3
+    proportional_attn: bool = True
+
+
+@dataclass
+class PipelineConfig:
+    """What `lumina_pipeline.json` may hold; every field optional."""
+
+    text_layer: int = -2  # hidden_states index of the caption features (Gemma: the second to last)
+    max_length: int = 256  # caption tokens
+    codec: str = "vae"  # "vae" (latent space) or "pixel"
+    pixel_channels: int = 3
+    defaults: GenerationDefaults = None  # type: ignore[assignment]
+
+    def __post_init__(self):
+        if self.defaults is None:
+            self.defaults = GenerationDefaults()
+        elif isinstance(self.defaults, dict):
+            self.defaults = _from_dict(GenerationDefaults, self.defaults, "defaults")
+        if self.codec not in ("vae", "pixel"):
+            raise ValueError(f"`codec` must be 'vae' or 'pixel', got {self.codec!r}")
+
+    @classmethod
+    def load(cls, path: Path) -> "PipelineConfig":
+        file = path / PIPELINE_CONFIG
+        if not file.is_file():
+            return cls()
+        with open(file) as f:
+            return _from_dict(cls, json.load(f), str(file))
+
+    def save(self, path: Path) -> None:
+        with open(path / PIPELINE_CONFIG, "w") as f:
+            json.dump(asdict(self), f, indent=2)
+
+
+def _from_dict(cls, d: dict, where: str):
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(d) - known)
+    if unknown:
+        raise ValueError(f"{where}: unknown keys {unknown}; expected some of {sorted(known)}")
+    return cls(**d)
+
+
+def _default_dtype(device: torch.device) -> torch.dtype:
+    return torch.bfloat16 if device.type == "cuda" else torch.float32
+
+
+def _as_list(value, name: str) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, Sequence) and value and all(isinstance(v, str) for v in value):
+        return list(value)
+    raise ValueError(f"`{name}` must be a string or a non-empty list of strings, got {value!r}")
+
+
+class LuminaPipeline:
+    """Text-to-image generation with a NextDiT, a text encoder and a latent codec (VAE or pixels).
+
+    ``pipe(prompt, ...)`` returns a list of PIL images (see :meth:`__call__`).
+    """
+
+    def __init__(self, transformer: NextDiT, text_encoder: TextEncoder, codec: LatentCodec,
+                 config: PipelineConfig | None = None):
+        self.transformer = transformer.eval()
+        self.text_encoder = text_encoder
+        self.codec = codec
+        self.config = config or PipelineConfig()
+        tcfg = transformer.config
+        if text_encoder.dim != tcfg.cap_feat_dim:
+            raise ValueError(f"text-feature dim mismatch: the text encoder gives {text_encoder.dim}-d features but "
+                             f"the transformer expects cap_feat_dim={tcfg.cap_feat_dim}")
+        if codec.latent_channels != tcfg.in_channels:
+            raise ValueError(f"latent channel mismatch: the {type(codec).__name__} has {codec.latent_channels} "
+                             f"channels but the transformer expects in_channels={tcfg.in_channels}")
+
+    # -- loading ---------------------------------------------------------------------------------
+    @classmethod
+    def from_pretrained(cls, path, *, text_encoder=None, vae=None, ema: bool = True,
+                        dtype: torch.dtype | None = None, device=None) -> "LuminaPipeline":
+        """Load a pipeline directory (see the module doc).
+
+        ``text_encoder`` / ``vae``: directories that override ``path/text_encoder`` and ``path/vae`` (use them with an
+        official weights-only folder); ``vae="pixel"`` for a pixel-space model. ``dtype`` of the transformer and
+        text encoder (default bf16 on CUDA, fp32 on CPU); the VAE always runs in fp32. ``ema``: EMA weights of an
+        official checkpoint (the default, as the official samplers).
+        """
+        root = Path(os.fspath(path)).expanduser()
+        if not root.is_dir():
+            raise FileNotFoundError(f"pipeline directory {str(root)!r} does not exist")
+        device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
+        dtype = dtype or _default_dtype(device)
+        config = PipelineConfig.load(root)
+        transformer = NextDiT.from_pretrained(root, ema=ema, dtype=dtype, device=device)
+
+        te_dir = Path(os.fspath(text_encoder)).expanduser() if text_encoder is not None else root / "text_encoder"
+        if not (te_dir / "config.json").is_file():
+            raise FileNotFoundError(f"no text encoder: expected a transformers model directory at {str(te_dir)!r} "
+                                    f"(config.json + weights), or pass `text_encoder=`")
+        tok_dir = root / "tokenizer" if text_encoder is None and (root / "tokenizer").is_dir() else te_dir
+        encoder = TextEncoder.from_pretrained(te_dir, dtype=dtype, device=device, layer=config.text_layer,
+                                              max_length=config.max_length, tokenizer_path=tok_dir)
+
+        if vae == "pixel" or (vae is None and config.codec == "pixel"):
+            codec: LatentCodec = PixelCodec(config.pixel_channels)
+        else:
+            vae_dir = Path(os.fspath(vae)).expanduser() if vae is not None else root / "vae"
+            if not (vae_dir / "config.json").is_file():
+                raise FileNotFoundError(f"no VAE: expected a diffusers AutoencoderKL directory at {str(vae_dir)!r}, "
+                                        f"or pass `vae=` (a directory, or 'pixel' for a pixel-space model)")
+            codec = VAECodec.from_pretrained(vae_dir, device=device)
+        return cls(transformer, encoder, codec, config)
+
+    def save_pretrained(self, path, format: str = "official") -> None:
+        """Write transformer/ (official or diffusers format), text_encoder/ (with its tokenizer), vae/ and the
+        pipeline config, so that :meth:`from_pretrained` reads them back."""
+        root = Path(os.fspath(path)).expanduser()
+        root.mkdir(parents=True, exist_ok=True)
+        state = self.transformer.state_dict()  # the weights to sample with: written as the EMA weights too
+        self.transformer.save_pretrained(root / "transformer", format=format, ema_state=state)
+        self.text_encoder.save_pretrained(root / "text_encoder")
+        if isinstance(self.codec, VAECodec):
+            self.codec.vae.save_pretrained(root / "vae")
+        self.config.save(root)
+
+    @property
+    def device(self) -> torch.device:
+        return self.transformer.x_embedder.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.transformer.x_embedder.weight.dtype
+
+    @property
+    def multiple(self) -> int:
+        """Height and width must be multiples of this: codec downscale x patch size (16 for Lumina-Next)."""
+        return self.codec.downscale * self.transformer.config.patch_size
+
+    @property
+    def default_size(self) -> int:
+        """The training resolution in pixels (sample_size latents x codec downscale; 1024 for Lumina-Next)."""
+        return self.transformer.config.sample_size * self.codec.downscale
+
+    # -- generation ------------------------------------------------------------------------------
+    def check_size(self, height: int, width: int) -> None:
+        m = self.multiple
+        for name, v in (("height", height), ("width", width)):
+            if isinstance(v, bool) or not isinstance(v, int) or v < m or v % m:
+                raise ValueError(f"`{name}` must be a positive multiple of {m} (VAE downscale "
+                                 f"{self.codec.downscale} x patch {self.transformer.config.patch_size}), got {v!r}")
+
+    @torch.inference_mode()
+    def encode_prompts(self, prompts: list[str], negative: list[str] | None):
+        """Caption features and masks for [prompts, negative prompts] in one padded batch (as the official code)."""
+        feats, mask = self.text_encoder.encode(prompts + (negative or []))
+        return feats.to(self.device, self.dtype), mask.to(self.device)
+
+    @torch.inference_mode()
+    def __call__(
+        self,
+        prompt: str | list[str],
+        negative_prompt: str | list[str] = "",
+        *,
+        height: int | None = None,
+        width: int | None = None,
+        steps: int | None = None,
+        solver: str | None = None,
+        schedule: str | None = None,
+        shift: float | None = None,
+        cfg: float | None = None,
+        cfg_channels: int | None = None,
+        cfg_renorm: float | None = None,
+        cfg_truncation: float | None = None,
+        rope_scaling: str | None = None,
+        scale_watershed: float | None = None,
+        proportional_attn: bool | None = None,
+        num_images_per_prompt: int = 1,
+        seed: int | None = None,
+        generator: torch.Generator | None = None,
+        output_type: str = "pil",
+        progress: bool = True,
+        callback: Callable[[int, float, torch.Tensor], None] | None = None,
+    ):
+        """Generate images for `prompt` (a string or a list: a batch).
+
+        * ``height`` / ``width``: pixels, multiples of :attr:`multiple` (16 for Lumina-Next); default the training
+          size. Larger sizes extrapolate with ``rope_scaling`` (one of ``lumina.models.rope.METHODS``; the official
+          ``time_aware`` switch at ``scale_watershed`` by default; scale ``s = sqrt(H W) / training size``, active
+          only when ``s > 1``) and proportional attention (``proportional_attn``).
+        * ``steps``, ``solver`` (euler, midpoint, rk4, dopri5), ``schedule`` (uniform, sigmoid), ``shift`` (rational
+          time shift): see :func:`lumina.sampling.sample`. Defaults come from the pipeline config (official demo:
+          midpoint, 30 steps, shift 4).
+        * ``cfg``: guidance scale against ``negative_prompt`` (1 = no guidance, one model call per evaluation);
+          ``cfg_channels=3`` reproduces the official quirk of guiding only latent channels 0-2; ``cfg_renorm`` and
+          ``cfg_truncation`` as Lumina-Image-2.0 (see :func:`lumina.sampling.cfg_velocity`).
+        * ``seed`` or ``generator`` (a CPU generator): the initial noise is drawn on the CPU, so a seed gives the same
+          image on every device. ``num_images_per_prompt`` images for each prompt.
+        * ``output_type``: ``"pil"`` (list of PIL images), ``"pt"`` (float images in [0, 1], (B, 3, H, W)) or
+          ``"latent"`` (the final latents).
+        """
+        d = self.config.defaults
+        steps = d.steps if steps is None else steps
+        solver = d.solver if solver is None else solver
+        schedule = d.schedule if schedule is None else schedule
+        shift = d.shift if shift is None else shift
+        cfg = d.cfg if cfg is None else cfg
+        rope_method = d.rope_scaling if rope_scaling is None else rope_scaling
+        watershed = d.scale_watershed if scale_watershed is None else scale_watershed
+        proportional_attn = d.proportional_attn if proportional_attn is None else proportional_attn
+        height = self.default_size if height is None else height
+        width = self.default_size if width is None else width
+
+        prompts = _as_list(prompt, "prompt")
+        negatives = _as_list(negative_prompt, "negative_prompt")
+        if len(negatives) == 1:
+            negatives = negatives * len(prompts)
+        if len(negatives) != len(prompts):
+            raise ValueError(f"`negative_prompt` must be one string or one per prompt ({len(prompts)}), "
+                             f"got {len(negatives)}")
+        self.check_size(height, width)
+        if not isinstance(solver, str) or solver not in SOLVERS:
+            raise ValueError(f"`solver` must be one of {sorted(SOLVERS)}, got {solver!r}")
+        if not isinstance(schedule, str) or schedule not in SCHEDULES:
+            raise ValueError(f"`schedule` must be one of {sorted(SCHEDULES)}, got {schedule!r}")
+        if rope_method not in ROPE_METHODS:
+            raise ValueError(f"`rope_scaling` must be one of {list(ROPE_METHODS)}, got {rope_method!r}")
+        if isinstance(num_images_per_prompt, bool) or not isinstance(num_images_per_prompt, int) \
+                or num_images_per_prompt < 1:
+            raise ValueError(f"`num_images_per_prompt` must be an integer >= 1, got {num_images_per_prompt!r}")
+        if output_type not in ("pil", "pt", "latent"):
+            raise ValueError(f"`output_type` must be 'pil', 'pt' or 'latent', got {output_type!r}")
+        if seed is not None and generator is not None:
+            raise ValueError("pass `seed` or `generator`, not both")
+
+        prompts = [p for p in prompts for _ in range(num_images_per_prompt)]
+        negatives = [n for n in negatives for _ in range(num_images_per_prompt)]
+        B = len(prompts)
+        guided = float(cfg) != 1.0
+        feats, mask = self.encode_prompts(prompts, negatives if guided else None)
+
+        tcfg = self.transformer.config
+        train_px = self.default_size
+        scaling = RopeScaling.for_resolution(rope_method, height, width, train_size=train_px,
+                                             scale_watershed=watershed, train_len=tcfg.sample_size // tcfg.patch_size)
+        base_seq_len = (tcfg.sample_size // tcfg.patch_size) ** 2 if proportional_attn else None
+
+        def model_fn(feats_, mask_):
+            def fn(x, t):
+                return self.transformer(x.to(self.dtype), t, feats_, mask_, base_seq_len=base_seq_len,
+                                        rope_scaling=scaling)
+            return fn
+
+        cond_fn = model_fn(feats[:B], mask[:B])
+        velocity = cfg_velocity(model_fn(feats, mask), cfg, channels=cfg_channels, renorm=cfg_renorm,
+                                truncation=cfg_truncation, cond_fn=cond_fn) if guided else cond_fn
+
+        if generator is None:
+            seed = int.from_bytes(os.urandom(8), "little") % 2**63 if seed is None else seed
+            generator = torch.Generator().manual_seed(seed)
+        ds = self.codec.downscale
+        shape = (B, tcfg.in_channels, height // ds, width // ds)
+        x0 = torch.randn(shape, generator=generator, dtype=torch.float32).to(self.device)
+        latents = sample(velocity, x0, steps=steps, solver=solver, schedule=schedule, shift=shift,
+                         progress=progress, callback=callback)
+        if output_type == "latent":
+            return latents
+        images = self.codec.decode(latents.float())
+        return images if output_type == "pt" else to_pil(images)
+
+
+# ------------------------------------------------------------------------------------------------
+# lumina.generate
+# ------------------------------------------------------------------------------------------------
+_PIPELINES: dict[tuple, LuminaPipeline] = {}
+DEFAULT_MODEL_ENV = "LUMINA_MODEL"
+
+
+def default_model_path() -> Path | None:
+    """The model `generate` uses without `model=`: $LUMINA_MODEL, else the model bundled with the package."""
+    env = os.environ.get(DEFAULT_MODEL_ENV)
+    if env:
+        return Path(env)
+    bundled = Path(__file__).resolve().parent.parent / "assets" / "default_model"
+    return bundled if bundled.is_dir() else None
+
+
+def load_pipeline(model=None, *, text_encoder=None, vae=None, dtype=None, device=None, ema: bool = True,
+                  cache: bool = True) -> LuminaPipeline:
+    """A pipeline for `model` (a directory; default :func:`default_model_path`), cached per arguments."""
+    if model is None:
+        model = default_model_path()
+        if model is None:
+            raise ValueError("no model given and no default model found: pass `model=` (a pipeline directory) "
+                             f"or set ${DEFAULT_MODEL_ENV}")
+    key = (str(Path(os.fspath(model)).resolve()), str(text_encoder), str(vae), str(dtype), str(device), ema)
+    if cache and key in _PIPELINES:
+        return _PIPELINES[key]
+    pipe = LuminaPipeline.from_pretrained(model, text_encoder=text_encoder, vae=vae, ema=ema, dtype=dtype,
+                                          device=device)
+    if cache:
+        _PIPELINES.clear()  # keep one model in memory
+        _PIPELINES[key] = pipe
+    return pipe
+
+
+def generate(prompt: str | list[str], negative_prompt: str | list[str] = "", *, model=None, text_encoder=None,
+             vae=None, dtype: torch.dtype | None = None, device=None, ema: bool = True,
+             **kwargs) -> list[Image.Image]:
+    """Text to images in one call: loads (and caches) the pipeline of `model`, then runs it.
+
+    ``model``: a pipeline directory (default: $LUMINA_MODEL or the bundled model); ``text_encoder``, ``vae``,
+    ``dtype``, ``device``, ``ema`` as :meth:`LuminaPipeline.from_pretrained`; every other keyword argument as
+    :meth:`LuminaPipeline.__call__` (height, width, steps, solver, schedule, shift, cfg, seed, ...).
+    """
+    pipe = load_pipeline(model, text_encoder=text_encoder, vae=vae, dtype=dtype, device=device, ema=ema)
+    return pipe(prompt, negative_prompt, **kwargs)
