@@ -28,9 +28,14 @@ DEVICES = [pytest.param("cpu", id="cpu"),
                                                    pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU")])]
 
 
-def _setup(device: str):
-    from diffusers import LuminaNextDiT2DModel
-    from diffusers.models.embeddings import get_2d_rotary_pos_embed_lumina
+def _setup(device: str, impl: str):
+    try:
+        from diffusers import LuminaNextDiT2DModel
+        from diffusers.models.embeddings import get_2d_rotary_pos_embed_lumina
+    except ImportError:
+        if impl == "diffusers":
+            pytest.skip("diffusers is not installed")
+        LuminaNextDiT2DModel = None
 
     dtype = torch.float32 if device == "cpu" else torch.bfloat16
     cfg = config_from_preset("NextDiT_2B_GQA_patch2", n_layers=2)
@@ -39,30 +44,35 @@ def _setup(device: str):
     with torch.no_grad():  # random weights everywhere, norm gains around 1
         for name, p in ours.named_parameters():
             p.copy_(0.02 * torch.randn_like(p) + (1.0 if "norm" in name and name.endswith("weight") else 0.0))
-    dmodel = LuminaNextDiT2DModel(**{k: v for k, v in ck.config_to_diffusers(cfg).items() if not k.startswith("_")})
-    dmodel.load_state_dict(ck.official_to_diffusers(ours.state_dict()))
-    ours, dmodel = ours.to(device, dtype).eval(), dmodel.to(device, dtype).eval()
+    ours = ours.to(device, dtype).eval()
+    dmodel = table = None
+    if LuminaNextDiT2DModel is not None:
+        dargs = {k: v for k, v in ck.config_to_diffusers(cfg).items() if not k.startswith("_")}
+        dmodel = LuminaNextDiT2DModel(**dargs)
+        dmodel.load_state_dict(ck.official_to_diffusers(ours.state_dict()))
+        dmodel = dmodel.to(device, dtype).eval()
+        table = get_2d_rotary_pos_embed_lumina(cfg.head_dim, 384, 384).to(device)
     B, L = 2, 128
     x = torch.randn(B, 4, 32, 32, device=device, dtype=dtype)
     t = torch.rand(B, device=device)
     feats = torch.randn(B, L, cfg.cap_feat_dim, device=device, dtype=dtype)
     mask = torch.ones(B, L, dtype=torch.int64, device=device)
     mask[1, 77:] = 0
-    table = get_2d_rotary_pos_embed_lumina(cfg.head_dim, 384, 384).to(device)
     return cfg, ours, dmodel, (x, t, feats, mask), table
 
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("impl", ["lumina", "diffusers", "gemm"])
 def test_nextdit_forward(benchmark, device, impl):
-    cfg, ours, dmodel, (x, t, feats, mask), table = _setup(device)
+    cfg, ours, dmodel, (x, t, feats, mask), table = _setup(device, impl)
     benchmark.group = f"nextdit-2B-width-2layers-b2-32x32 {device}"
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     with torch.inference_mode():
-        ref = dmodel(x, t, feats, mask, image_rotary_emb=table).sample[:, :4]
         out = ours(x, t, feats, mask)
-        tol = 2e-4 if x.dtype == torch.float32 else 5e-2
-        torch.testing.assert_close(out, ref, rtol=tol, atol=tol * ref.abs().max().item())
+        if dmodel is not None:  # the same weights give the same velocity
+            ref = dmodel(x, t, feats, mask, image_rotary_emb=table, cross_attention_kwargs={}).sample[:, :4]
+            tol = 2e-4 if x.dtype == torch.float32 else 5e-2
+            torch.testing.assert_close(out, ref, rtol=tol, atol=tol * ref.abs().max().item())
         flops_counter = FlopCounterMode(display=False)
         with flops_counter:
             ours(x, t, feats, mask)
@@ -74,7 +84,7 @@ def test_nextdit_forward(benchmark, device, impl):
                 sync()
         elif impl == "diffusers":
             def fn():
-                dmodel(x, t, feats, mask, image_rotary_emb=table)
+                dmodel(x, t, feats, mask, image_rotary_emb=table, cross_attention_kwargs={})
                 sync()
         else:
             n = x.shape[0] * (x.shape[2] // 2) * (x.shape[3] // 2)
@@ -86,7 +96,6 @@ def test_nextdit_forward(benchmark, device, impl):
                 torch.mm(a, w)
                 sync()
         fn()
-        benchmark.extra_info.update(flops=flops, device=device, dtype=str(x.dtype).replace("torch.", ""),
+        benchmark.extra_info.update(impl=impl, flops=flops, device=device, dtype=str(x.dtype).replace("torch.", ""),
                                     threads=torch.get_num_threads())
-        benchmark.pedantic(fn, rounds=8 if device == "cpu" else 30, warmup_rounds=1)
-        benchmark.extra_info["tflops"] = flops / benchmark.stats.stats.median / 1e12
+        benchmark.pedantic(fn, rounds=15 if device == "cpu" else 30, warmup_rounds=1)

@@ -5,7 +5,7 @@
 #
 # (a) environment: nvidia-smi, python, torch, triton;  (b) builds the extension for sm_90 (timed);
 # (c) python -m lumina_kernels.info;  (d) the CUDA tests (pytest tests -x -q -m cuda);
-# (e) the CUDA kernel benchmarks (--benchmark-json);  (f) a markdown table of them, printed last.
+# (e) the CUDA kernel and end-to-end benchmarks (--benchmark-json; e2e vs diffusers when it is installed);  (f) a markdown table of them, printed last.
 #
 # Every step runs under `timeout`; a failed step does not stop the later ones, and the script exits
 # nonzero if any step failed. A step that cannot run (pytest or pytest-benchmark missing and no
@@ -113,6 +113,12 @@ if [ -n "$missing" ]; then
         skip_step deps "missing $missing and no wheels in $WHEELS"
     fi
     "$PY" -c "import pytest, pytest_benchmark" >/dev/null 2>&1 || HAVE_PYTEST=0
+fi
+
+# diffusers (+ its needs) for the end-to-end comparison: optional, from carried wheels only
+if ! "$PY" -c "import diffusers" >/dev/null 2>&1 && ls "$WHEELS"/diffusers-*.whl >/dev/null 2>&1; then
+    run_step deps-diffusers "$ENV_LOG" 120 "$PY" -m pip install --no-index --find-links "$WHEELS" --no-cache-dir \
+        --no-compile diffusers
 fi
 
 # ---------------------------------------------------------------------------------------------

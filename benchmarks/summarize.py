@@ -49,8 +49,8 @@ def summarize(data: dict, device: str | None = None) -> str:
     lines.append(f"torch {mi.get('torch', '?')}, {mi.get('cpu', {}).get('brand_raw', mi.get('processor', '?'))}"
                  + (f", {gpu}" if gpu else "") + f", {data.get('datetime', '')}")
     lines.append("")
-    lines.append("| group | impl | timing | median | GB/s | % copy | x ref |")
-    lines.append("| --- | --- | --- | ---: | ---: | ---: | ---: |")
+    lines.append("| group | impl | timing | median | GB/s | TFLOP/s | % copy | x ref |")
+    lines.append("| --- | --- | --- | ---: | ---: | ---: | ---: | ---: |")
     for g in sorted(groups, key=_group_key):
         rows = groups[g]
 
@@ -65,7 +65,8 @@ def summarize(data: dict, device: str | None = None) -> str:
 
         by_impl = {b.get("extra_info", {}).get("impl", b["name"]): b for b in rows}
         copy_gbs = gbs(by_impl["copy"]) if "copy" in by_impl else None
-        ref_t = median(by_impl["reference"]) if "reference" in by_impl else None
+        ref = by_impl.get("reference", by_impl.get("diffusers"))  # e2e groups compare against diffusers
+        ref_t = median(ref) if ref is not None else None
         rows.sort(key=lambda b: (IMPL_ORDER.get(b.get("extra_info", {}).get("impl"), 9), b["name"]))
         for i, b in enumerate(rows):
             info = b.get("extra_info", {})
@@ -74,12 +75,13 @@ def summarize(data: dict, device: str | None = None) -> str:
                 impl += f" (ran {info['backend']}!)"  # e.g. a build without CUDA kernels
             rate = gbs(b)
             pct = f"{100 * rate / copy_gbs:.0f}%" if (copy_gbs and rate is not None) else "-"
-            xref = f"{ref_t / median(b):.2f}" if (ref_t and info.get("impl") != "copy") else "-"
+            xref = f"{ref_t / median(b):.2f}" if (ref_t and info.get("impl") not in ("copy", "gemm")) else "-"
+            tflops = f"{info['flops'] / median(b) / 1e12:.3f}" if "flops" in info else "-"
             timing = info.get("timing", "")
             if timing.startswith("eager (graph capture failed"):
                 timing = "eager*"
             lines.append(f"| {g if i == 0 else ''} | {impl} | {timing} | {_time(median(b))} | "
-                         f"{'-' if rate is None else f'{rate:.1f}'} | {pct} | {xref} |")
+                         f"{'-' if rate is None else f'{rate:.1f}'} | {tflops} | {pct} | {xref} |")
     notes = sorted({f"{b['name']}: {b['extra_info']['timing']}" for r in groups.values() for b in r
                     if str(b.get("extra_info", {}).get("timing", "")).startswith("eager (graph capture failed")})
     if notes:

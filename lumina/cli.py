@@ -31,6 +31,8 @@ def _generate_parser(sub) -> None:
     p.add_argument("--solver", choices=sorted(SOLVERS), default=None, help="ODE solver (default midpoint)")
     p.add_argument("--schedule", choices=sorted(SCHEDULES), default=None, help="time schedule (default uniform)")
     p.add_argument("--shift", type=float, default=None, help="rational time shift (default 4)")
+    p.add_argument("--schedule-param", action="append", default=[], metavar="KEY=VALUE",
+                   help="schedule parameter, repeatable (sigmoid: mu, alpha, beta)")
     p.add_argument("--cfg", type=float, default=None, help="guidance scale (default 4; 1 = off)")
     p.add_argument("--cfg-channels", type=int, default=None,
                    help="guide only the first K latent channels (3 = the official quirk)")
@@ -61,17 +63,31 @@ def _output_paths(output: str, n: int) -> list[Path]:
     return [out.with_name(f"{out.stem}_{i}{out.suffix}") for i in range(n)]
 
 
+def _schedule_params(items: list[str]) -> dict[str, float]:
+    params = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        try:
+            if not sep or not key:
+                raise ValueError
+            params[key] = float(value)
+        except ValueError:
+            raise ValueError(f"`--schedule-param` must be KEY=NUMBER, got {item!r}") from None
+    return params
+
+
 def cmd_generate(args) -> int:
     import torch
 
     from .pipelines import generate
 
+    schedule_params = _schedule_params(args.schedule_param)
     paths = _output_paths(args.output, len(args.prompt) * args.num_images)
     dtype = getattr(torch, DTYPES[args.dtype]) if args.dtype else None
     images = generate(
         args.prompt, args.negative_prompt, model=args.model, text_encoder=args.text_encoder, vae=args.vae,
         dtype=dtype, device=args.device, ema=args.ema, height=args.height, width=args.width, steps=args.steps,
-        solver=args.solver, schedule=args.schedule, shift=args.shift, cfg=args.cfg, cfg_channels=args.cfg_channels,
+        solver=args.solver, schedule=args.schedule, shift=args.shift, schedule_params=schedule_params, cfg=args.cfg, cfg_channels=args.cfg_channels,
         cfg_renorm=args.cfg_renorm, cfg_truncation=args.cfg_truncation, rope_scaling=args.rope_scaling,
         scale_watershed=args.scale_watershed, proportional_attn=args.proportional_attn,
         num_images_per_prompt=args.num_images, seed=args.seed, progress=args.progress,

@@ -243,12 +243,13 @@ def test_cli_generate_writes_pngs(pipe_dir, tmp_path, capsys):
     out = tmp_path / "img.png"
     rc = cli_main(["generate", "a red circle", "a green square", "--model", str(pipe_dir), "--steps", "2",
                    "--solver", "euler", "--cfg", "2", "--seed", "4", "-n", "2", "--height", "24", "--width", "32",
-                   "--no-progress", "-o", str(out)])
+                   "--schedule", "sigmoid", "--schedule-param", "mu=0.5", "--no-progress", "-o", str(out)])
     assert rc == 0
     paths = [tmp_path / f"img_{i}.png" for i in range(4)]
     assert capsys.readouterr().out.split() == [str(p) for p in paths]
     api = lumina.generate(["a red circle", "a green square"], model=pipe_dir, steps=2, solver="euler", cfg=2.0,
-                          seed=4, num_images_per_prompt=2, height=24, width=32, progress=False)
+                          seed=4, num_images_per_prompt=2, height=24, width=32, progress=False,
+                          schedule="sigmoid", schedule_params={"mu": 0.5})
     for p, img in zip(paths, api):  # the CLI is the API: the same pixels
         saved = Image.open(p)
         assert saved.format == "PNG" and saved.size == (32, 24)
@@ -262,15 +263,30 @@ def test_cli_errors(pipe_dir, tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
     assert cli_main(["generate", "a", "--model", str(pipe_dir), "-o", str(tmp_path / "a.jpg")]) == 2
     assert "must end in .png" in capsys.readouterr().err
+    assert cli_main(["generate", "a", "--model", str(pipe_dir), "--schedule-param", "mu"]) == 2
+    assert "KEY=NUMBER" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         cli_main(["generate", "a", "--solver", "heun"])
 
 
-def test_cli_entry_point(pipe_dir, tmp_path):
-    """`python -m lumina generate` in a fresh process (the installed `lumina` script runs the same main)."""
-    out = tmp_path / "x.png"
-    r = subprocess.run([sys.executable, "-m", "lumina", "generate", "a blue circle", "--model", str(pipe_dir),
-                        "--steps", "1", "--solver", "euler", "--no-progress", "-o", str(out)],
-                       capture_output=True, text=True, timeout=300, cwd=REPO)
+def test_sigmoid_schedule_params_reach_the_grid(pipe):
+    kw = dict(steps=3, solver="euler", seed=0, schedule="sigmoid", output_type="latent", progress=False)
+    a = pipe("a", **kw)
+    b = pipe("a", schedule_params={"mu": 0.3}, **kw)
+    assert (a - b).abs().max() > 1e-5
+
+
+def test_cli_entry_point(tmp_path):
+    """The README's demo in fresh processes: `python -m lumina.pipelines.tiny DIR`, then
+    `python -m lumina generate ... --model DIR` (the installed `lumina` script runs the same main)."""
+    model, out = tmp_path / "tiny", tmp_path / "x.png"
+    r = subprocess.run([sys.executable, "-m", "lumina.pipelines.tiny", str(model)], capture_output=True, text=True,
+                       timeout=300, cwd=REPO)
     assert r.returncode == 0, r.stderr
-    assert Image.open(out).size == (32, 32)
+    r = subprocess.run([sys.executable, "-m", "lumina", "generate", "a blue circle", "--model", str(model),
+                        "--steps", "2", "--no-progress", "-o", str(out)], capture_output=True, text=True, timeout=300,
+                       cwd=REPO)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == [str(out)]
+    img = Image.open(out)
+    assert img.format == "PNG" and img.size == (32, 32) and _arr(img.convert("RGB")).std() > 1

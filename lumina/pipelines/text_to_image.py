@@ -209,6 +209,7 @@ class LuminaPipeline:
         solver: str | None = None,
         schedule: str | None = None,
         shift: float | None = None,
+        schedule_params: dict | None = None,
         cfg: float | None = None,
         cfg_channels: int | None = None,
         cfg_renorm: float | None = None,
@@ -230,7 +231,8 @@ class LuminaPipeline:
           ``time_aware`` switch at ``scale_watershed`` by default; scale ``s = sqrt(H W) / training size``, active
           only when ``s > 1``) and proportional attention (``proportional_attn``).
         * ``steps``, ``solver`` (euler, midpoint, rk4, dopri5), ``schedule`` (uniform, sigmoid), ``shift`` (rational
-          time shift): see :func:`lumina.sampling.sample`. Defaults come from the pipeline config (official demo:
+          time shift), ``schedule_params`` (e.g. ``{"mu": 0.6, "alpha": 6, "beta": 20}`` for sigmoid): see
+          :func:`lumina.sampling.sample`. Defaults come from the pipeline config (official demo:
           midpoint, 30 steps, shift 4).
         * ``cfg``: guidance scale against ``negative_prompt`` (1 = no guidance, one model call per evaluation);
           ``cfg_channels=3`` reproduces the official quirk of guiding only latent channels 0-2; ``cfg_renorm`` and
@@ -303,7 +305,7 @@ class LuminaPipeline:
         shape = (B, tcfg.in_channels, height // ds, width // ds)
         x0 = torch.randn(shape, generator=generator, dtype=torch.float32).to(self.device)
         latents = sample(velocity, x0, steps=steps, solver=solver, schedule=schedule, shift=shift,
-                         progress=progress, callback=callback)
+                         progress=progress, callback=callback, **(schedule_params or {}))
         if output_type == "latent":
             return latents
         images = self.codec.decode(latents.float())
