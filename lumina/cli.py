@@ -1,6 +1,7 @@
 """The `lumina` command line, one to one with the Python API.
 
     lumina generate PROMPT [PROMPT ...] [--model DIR] [-o out.png] [options of lumina.generate]
+    lumina train CONFIG.yaml [section.key=value ...]     (also under torchrun: python -m lumina.train)
     lumina info
 """
 from __future__ import annotations
@@ -25,6 +26,8 @@ def _generate_parser(sub) -> None:
                    help="pipeline directory (default: $LUMINA_MODEL, else the bundled model)")
     p.add_argument("--text-encoder", default=None, help="text encoder directory (default: MODEL/text_encoder)")
     p.add_argument("--vae", default=None, help="VAE directory, or 'pixel' (default: MODEL/vae)")
+    p.add_argument("--lora", default=None, help="LoRA adapter directory merged into the transformer")
+    p.add_argument("--lora-scale", type=float, default=1.0, help="LoRA strength (default 1)")
     p.add_argument("--height", type=int, default=None, help="pixels, a multiple of 16 (default: training size)")
     p.add_argument("--width", type=int, default=None, help="pixels, a multiple of 16 (default: training size)")
     p.add_argument("--steps", type=int, default=None, help="solver steps (default 30)")
@@ -86,6 +89,7 @@ def cmd_generate(args) -> int:
     dtype = getattr(torch, DTYPES[args.dtype]) if args.dtype else None
     images = generate(
         args.prompt, args.negative_prompt, model=args.model, text_encoder=args.text_encoder, vae=args.vae,
+        lora=args.lora, lora_scale=args.lora_scale,
         dtype=dtype, device=args.device, ema=args.ema, height=args.height, width=args.width, steps=args.steps,
         solver=args.solver, schedule=args.schedule, shift=args.shift, schedule_params=schedule_params, cfg=args.cfg, cfg_channels=args.cfg_channels,
         cfg_renorm=args.cfg_renorm, cfg_truncation=args.cfg_truncation, rope_scaling=args.rope_scaling,
@@ -99,6 +103,23 @@ def cmd_generate(args) -> int:
     return 0
 
 
+def _train_parser(sub) -> None:
+    p = sub.add_parser("train", help="train or fine-tune a Next-DiT (lumina.training)",
+                       description="Train per a YAML config; run under torchrun for DDP / FSDP.")
+    p.add_argument("config", help="YAML config (see configs/)")
+    p.add_argument("overrides", nargs="*", metavar="section.key=value", help="config values to replace")
+
+
+def cmd_train(args) -> int:
+    from .training import config as train_config
+    from .training.trainer import train
+
+    result = train(train_config.load(args.config, args.overrides))
+    if int(__import__("os").environ.get("RANK", "0")) == 0:
+        print(result)
+    return 0
+
+
 def cmd_info(args) -> int:
     from lumina_kernels.info import main as info_main
 
@@ -109,10 +130,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="lumina", description="Lumina-Next (Next-DiT)")
     sub = parser.add_subparsers(dest="command", required=True)
     _generate_parser(sub)
+    _train_parser(sub)
     sub.add_parser("info", help="build and kernel information")
     args = parser.parse_args(argv)
     try:
-        return {"generate": cmd_generate, "info": cmd_info}[args.command](args)
+        return {"generate": cmd_generate, "train": cmd_train, "info": cmd_info}[args.command](args)
     except (ValueError, FileNotFoundError) as e:
         print(f"lumina {args.command}: error: {e}", file=sys.stderr)
         return 2

@@ -347,15 +347,22 @@ def save_pretrained(model, path, format: str = "official", ema_state: dict | Non
 
     diffusers: `max_shard_size` (bytes) splits the weights into shards with an index, as diffusers does.
     """
+    if ema_state is not None:
+        check_state_dict(model, ema_state, "`ema_state`")
+    save_state(model.config, model.state_dict(), path, format=format, ema_state=ema_state,
+               max_shard_size=max_shard_size)
+
+
+def save_state(config: NextDiTConfig, state: dict, path, format: str = "official", ema_state: dict | None = None,
+               max_shard_size: int | None = None) -> None:
+    """:func:`save_pretrained` from a config and state dicts (official names), without a model instance."""
     if format not in ("official", "diffusers"):
         raise ValueError(f"`format` must be 'official' or 'diffusers', got {format!r}")
     p = Path(os.fspath(path)).expanduser()
     p.mkdir(parents=True, exist_ok=True)
-    state = _contiguous(model.state_dict())
-    if ema_state is not None:
-        check_state_dict(model, ema_state, "`ema_state`")
+    state = _contiguous(state)
     if format == "official":
-        torch.save(config_to_official_args(model.config), p / OFFICIAL_ARGS)
+        torch.save(config_to_official_args(config), p / OFFICIAL_ARGS)
         save_file(state, str(p / OFFICIAL_WEIGHTS[0]))
         if ema_state is not None:
             save_file(_contiguous(ema_state), str(p / OFFICIAL_EMA_WEIGHTS[0]))
@@ -366,7 +373,7 @@ def save_pretrained(model, path, format: str = "official", ema_state: dict | Non
     dstate = {k: v.clone() if k.endswith(("attn2.to_q.weight", "attn2.norm_q.weight", "attn2.norm_q.bias")) else v
               for k, v in dstate.items()}  # safetensors refuses shared storage
     with open(p / DIFFUSERS_CONFIG, "w") as f:
-        json.dump(config_to_diffusers(model.config), f, indent=2)
+        json.dump(config_to_diffusers(config), f, indent=2)
     if max_shard_size is None:
         save_file(dstate, str(p / DIFFUSERS_WEIGHTS), metadata={"format": "pt"})
         return

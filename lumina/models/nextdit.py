@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass, field, replace
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from torch import Tensor, nn
 
 import lumina_kernels as lk
@@ -230,6 +231,7 @@ class NextDiT(nn.Module):
         self.layers = nn.ModuleList(TransformerBlock(cfg) for _ in range(cfg.n_layers))
         self.final_layer = FinalLayer(cfg)
         self.pad_token = nn.Parameter(torch.empty(cfg.dim))
+        self.gradient_checkpointing = False  # recompute each block in the backward pass (training)
         self.initialize_weights()
 
     # one initialiser for every weight
@@ -327,7 +329,11 @@ class NextDiT(nn.Module):
                 raise ValueError(f"`base_seq_len` must be >= 2, got {base_seq_len}")
             scale = math.sqrt(math.log(h.shape[1], base_seq_len) / cfg.head_dim)
         for block in self.layers:
-            h = block(h, x_mask, freqs, cap_feats, cap_mask, c, scale)
+            if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+                h = torch.utils.checkpoint.checkpoint(block, h, x_mask, freqs, cap_feats, cap_mask, c, scale,
+                                                      use_reentrant=False)
+            else:
+                h = block(h, x_mask, freqs, cap_feats, cap_mask, c, scale)
         out = self.unpatchify(self.final_layer(h, c), sizes)
         return out if is_list else torch.stack(out)
 

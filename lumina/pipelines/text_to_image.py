@@ -22,6 +22,8 @@ from typing import Callable, Sequence
 import torch
 from PIL import Image
 
+from .._paths import resolve_path
+from ..models.lora import merge_lora
 from ..models.nextdit import NextDiT
 from ..models.rope import METHODS as ROPE_METHODS
 from ..models.rope import RopeScaling
@@ -53,6 +55,12 @@ class PipelineConfig:
     max_length: int = 256  # caption tokens
     codec: str = "vae"  # "vae" (latent space) or "pixel"
     pixel_channels: int = 3
+    # where the parts are, when not in the default subfolders: a path relative to the pipeline directory, an
+    # absolute path, or pkg:PACKAGE/SUBDIR (a folder inside an installed Python package)
+    transformer: str | None = None
+    text_encoder: str | None = None
+    vae: str | None = None
+    lora: str | None = None  # a LoRA adapter directory merged into the transformer on load
     defaults: GenerationDefaults = None  # type: ignore[assignment]
 
     def __post_init__(self):
@@ -118,14 +126,15 @@ class LuminaPipeline:
 
     # -- loading ---------------------------------------------------------------------------------
     @classmethod
-    def from_pretrained(cls, path, *, text_encoder=None, vae=None, ema: bool = True,
-                        dtype: torch.dtype | None = None, device=None) -> "LuminaPipeline":
+    def from_pretrained(cls, path, *, text_encoder=None, vae=None, lora=None, lora_scale: float = 1.0,
+                        ema: bool = True, dtype: torch.dtype | None = None, device=None) -> "LuminaPipeline":
         """Load a pipeline directory (see the module doc).
 
         ``text_encoder`` / ``vae``: directories that override ``path/text_encoder`` and ``path/vae`` (use them with an
         official weights-only folder); ``vae="pixel"`` for a pixel-space model. ``dtype`` of the transformer and
         text encoder (default bf16 on CUDA, fp32 on CPU); the VAE always runs in fp32. ``ema``: EMA weights of an
-        official checkpoint (the default, as the official samplers).
+        official checkpoint (the default, as the official samplers). ``lora``: a LoRA adapter directory (written
+        by ``lumina train``) merged into the transformer's weights, times ``lora_scale``.
         """
         root = Path(os.fspath(path)).expanduser()
         if not root.is_dir():
@@ -133,9 +142,21 @@ class LuminaPipeline:
         device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
         dtype = dtype or _default_dtype(device)
         config = PipelineConfig.load(root)
-        transformer = NextDiT.from_pretrained(root, ema=ema, dtype=dtype, device=device)
+        t_dir = resolve_path(config.transformer, root) if config.transformer else root
+        merging = bool(lora is not None or config.lora)
+        transformer = NextDiT.from_pretrained(t_dir, ema=ema, dtype=torch.float32 if merging else None)
+        for adapter in (resolve_path(config.lora, root) if config.lora else None,
+                        Path(os.fspath(lora)).expanduser() if lora is not None else None):
+            if adapter is not None:
+                merge_lora(transformer, adapter, scale=lora_scale)
+        transformer = transformer.to(device=device, dtype=dtype)
 
-        te_dir = Path(os.fspath(text_encoder)).expanduser() if text_encoder is not None else root / "text_encoder"
+        if text_encoder is not None:
+            te_dir = Path(os.fspath(text_encoder)).expanduser()
+        elif config.text_encoder:
+            te_dir = resolve_path(config.text_encoder, root)
+        else:
+            te_dir = root / "text_encoder"
         if not (te_dir / "config.json").is_file():
             raise FileNotFoundError(f"no text encoder: expected a transformers model directory at {str(te_dir)!r} "
                                     f"(config.json + weights), or pass `text_encoder=`")
@@ -146,7 +167,8 @@ class LuminaPipeline:
         if vae == "pixel" or (vae is None and config.codec == "pixel"):
             codec: LatentCodec = PixelCodec(config.pixel_channels)
         else:
-            vae_dir = Path(os.fspath(vae)).expanduser() if vae is not None else root / "vae"
+            vae_dir = (Path(os.fspath(vae)).expanduser() if vae is not None
+                       else resolve_path(config.vae, root) if config.vae else root / "vae")
             if not (vae_dir / "config.json").is_file():
                 raise FileNotFoundError(f"no VAE: expected a diffusers AutoencoderKL directory at {str(vae_dir)!r}, "
                                         f"or pass `vae=` (a directory, or 'pixel' for a pixel-space model)")
@@ -328,19 +350,20 @@ def default_model_path() -> Path | None:
     return bundled if bundled.is_dir() else None
 
 
-def load_pipeline(model=None, *, text_encoder=None, vae=None, dtype=None, device=None, ema: bool = True,
-                  cache: bool = True) -> LuminaPipeline:
+def load_pipeline(model=None, *, text_encoder=None, vae=None, lora=None, lora_scale: float = 1.0, dtype=None,
+                  device=None, ema: bool = True, cache: bool = True) -> LuminaPipeline:
     """A pipeline for `model` (a directory; default :func:`default_model_path`), cached per arguments."""
     if model is None:
         model = default_model_path()
         if model is None:
             raise ValueError("no model given and no default model found: pass `model=` (a pipeline directory) "
                              f"or set ${DEFAULT_MODEL_ENV}")
-    key = (str(Path(os.fspath(model)).resolve()), str(text_encoder), str(vae), str(dtype), str(device), ema)
+    key = (str(Path(os.fspath(model)).resolve()), str(text_encoder), str(vae), str(lora), lora_scale, str(dtype),
+           str(device), ema)
     if cache and key in _PIPELINES:
         return _PIPELINES[key]
-    pipe = LuminaPipeline.from_pretrained(model, text_encoder=text_encoder, vae=vae, ema=ema, dtype=dtype,
-                                          device=device)
+    pipe = LuminaPipeline.from_pretrained(model, text_encoder=text_encoder, vae=vae, lora=lora, lora_scale=lora_scale,
+                                          ema=ema, dtype=dtype, device=device)
     if cache:
         _PIPELINES.clear()  # keep one model in memory
         _PIPELINES[key] = pipe
@@ -348,13 +371,14 @@ def load_pipeline(model=None, *, text_encoder=None, vae=None, dtype=None, device
 
 
 def generate(prompt: str | list[str], negative_prompt: str | list[str] = "", *, model=None, text_encoder=None,
-             vae=None, dtype: torch.dtype | None = None, device=None, ema: bool = True,
-             **kwargs) -> list[Image.Image]:
+             vae=None, lora=None, lora_scale: float = 1.0, dtype: torch.dtype | None = None, device=None,
+             ema: bool = True, **kwargs) -> list[Image.Image]:
     """Text to images in one call: loads (and caches) the pipeline of `model`, then runs it.
 
     ``model``: a pipeline directory (default: $LUMINA_MODEL or the bundled model); ``text_encoder``, ``vae``,
-    ``dtype``, ``device``, ``ema`` as :meth:`LuminaPipeline.from_pretrained`; every other keyword argument as
+    ``lora``, ``lora_scale``, ``dtype``, ``device``, ``ema`` as :meth:`LuminaPipeline.from_pretrained`; every other keyword argument as
     :meth:`LuminaPipeline.__call__` (height, width, steps, solver, schedule, shift, cfg, seed, ...).
     """
-    pipe = load_pipeline(model, text_encoder=text_encoder, vae=vae, dtype=dtype, device=device, ema=ema)
+    pipe = load_pipeline(model, text_encoder=text_encoder, vae=vae, lora=lora, lora_scale=lora_scale, dtype=dtype,
+                         device=device, ema=ema)
     return pipe(prompt, negative_prompt, **kwargs)

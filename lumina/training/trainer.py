@@ -1,0 +1,527 @@
+"""Rectified-flow trainer for Next-DiT: alone or under torchrun (DDP or FSDP2), exact resume, EMA, LoRA.
+
+    lumina train configs/tiny_shapes.yaml [section.key=value ...]
+    torchrun --nproc_per_node 2 -m lumina.train configs/tiny_shapes.yaml train.parallel=ddp
+
+One step: a batch of variable-size images (aspect-ratio buckets) -> codec latents x1 (pixels in [-1, 1] for a
+pixel-space model) and text features (frozen encoder; captions dropped to "" with probability
+``caption_dropout``) -> noise x0, time t (uniform, lognorm or shifted) -> x_t = t x1 + (1 - t) x0 -> MSE between
+``model(x_t, t)`` and the velocity x1 - x0, averaged per sample -> AdamW step with gradient clipping -> EMA.
+
+Checkpoints (``out_dir/checkpoints/step_NNNNNNN/``) are written to a temporary directory and renamed, then the
+``latest`` pointer is replaced atomically: a killed run never leaves a half-written checkpoint as the latest. They
+hold the model in the official format (``model_args.pth``, ``consolidated.00-of-01.safetensors`` and the EMA
+weights ``consolidated_ema.00-of-01.safetensors``, which ``NextDiT.from_pretrained`` reads), or only the LoRA
+adapter, plus ``trainer_state.pt`` (optimizer, scheduler, sampler position, every RNG state) for an exact resume:
+on CPU with a fixed seed, a resumed run reproduces the uninterrupted loss curve bit for bit.
+"""
+from __future__ import annotations
+
+import csv
+import os
+import random
+import shutil
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from .._paths import resolve_path
+from ..models.checkpoints import save_state
+from ..models.nextdit import NextDiT, config_from_preset
+from ..pipelines.encoders import PixelCodec, TextEncoder, VAECodec
+from . import lora as lora_io
+from .config import Config, ConfigError
+
+STATE_FILE = "trainer_state.pt"
+LATEST = "latest"
+LOG_FILE = "loss.csv"
+
+
+# ------------------------------------------------------------------------------------------------
+# distributed helpers
+# ------------------------------------------------------------------------------------------------
+def _dist_init() -> tuple[int, int, torch.device]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    if torch.cuda.is_available():
+        device = torch.device("cuda", local)
+        torch.cuda.set_device(device)
+    else:
+        device = torch.device("cpu")
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    return rank, world, device
+
+
+def _all_mean(x: float, world: int, device) -> float:
+    if world == 1:
+        return x
+    t = torch.tensor([x], dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return float(t.item()) / world
+
+
+# ------------------------------------------------------------------------------------------------
+# the trainer
+# ------------------------------------------------------------------------------------------------
+class Trainer:
+    """Builds everything from a :class:`Config` and runs :meth:`train`."""
+
+    def __init__(self, cfg: Config):
+        self.cfg = cfg
+        self.rank, self.world, self.device = _dist_init()
+        self.main = self.rank == 0
+        t, m = cfg.train, cfg.model
+        self.out = Path(t.out_dir)
+        self.ckpt_root = self.out / "checkpoints"
+        if self.main:
+            self.ckpt_root.mkdir(parents=True, exist_ok=True)
+            cfg.save(self.out / "config.yaml")
+
+        # frozen text encoder and codec
+        self.text_encoder = TextEncoder.from_pretrained(resolve_path(m.text_encoder), dtype=torch.float32,
+                                                        device=self.device, layer=m.text_layer,
+                                                        max_length=m.max_length)
+        self.text_encoder.requires_grad_(False).eval()
+        self.codec = PixelCodec(3) if m.codec == "pixel" else VAECodec.from_pretrained(resolve_path(m.codec),
+                                                                                       device=self.device)
+
+        # the model: identical initial weights on every rank (seeded), fp32 master weights
+        torch.manual_seed(t.seed)
+        if m.init_from is not None:
+            self.model = NextDiT.from_pretrained(resolve_path(m.init_from), dtype=torch.float32, device="cpu")
+        else:
+            overrides = dict(m.overrides)
+            overrides.setdefault("cap_feat_dim", self.text_encoder.dim)
+            overrides.setdefault("in_channels", self.codec.latent_channels)
+            overrides.setdefault("sample_size", cfg.data.resolution // self.codec.downscale)
+            try:
+                self.model = NextDiT(config_from_preset(m.preset, **overrides))
+            except (TypeError, ValueError) as e:
+                raise ConfigError(f"`model.overrides`: {e}") from None
+        mc = self.model.config
+        if mc.cap_feat_dim != self.text_encoder.dim:
+            raise ConfigError(f"`model.text_encoder` gives {self.text_encoder.dim}-d features, the model expects "
+                              f"cap_feat_dim={mc.cap_feat_dim}")
+        if mc.in_channels != self.codec.latent_channels:
+            raise ConfigError(f"`model.codec` has {self.codec.latent_channels} channels, the model expects "
+                              f"in_channels={mc.in_channels}")
+        self.model.gradient_checkpointing = m.gradient_checkpointing
+        self.model.to(self.device).train()
+        if cfg.lora is not None:
+            lora_io.add_lora(self.model, cfg.lora)
+        self.trainable = [p for p in self.model.parameters() if p.requires_grad]
+        self.n_trainable = sum(p.numel() for p in self.trainable)
+
+        # EMA of the trainable weights (fp32), kept beside the model in its own layout (sharded under FSDP)
+        self.ema = [p.detach().clone().float() for p in self.trainable]
+        self.ddp_model = self._parallelize()
+
+        self.opt = torch.optim.AdamW(self.trainable, lr=t.lr, betas=tuple(t.betas), weight_decay=t.weight_decay)
+        warm = t.warmup_steps
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda s: min(1.0, (s + 1) / warm) if warm else 1.0)
+
+        # data
+        from .data import ImageCaptionDataset, StatefulSampler, collate
+
+        source = self._data_source()
+        self.dataset = ImageCaptionDataset(source, resolution=cfg.data.resolution,
+                                           patch_multiple=self.codec.downscale * mc.patch_size,
+                                           buckets=cfg.data.buckets, random_crop=cfg.data.random_crop,
+                                           seed=t.seed)
+        if len(self.dataset) == 0:
+            raise ConfigError(f"`data`: no training images found in {source}")
+        self.sampler = StatefulSampler(len(self.dataset), seed=t.seed, rank=self.rank, world_size=self.world)
+        self.loader_kwargs = dict(batch_size=t.batch_size, sampler=self.sampler, collate_fn=collate,
+                                  num_workers=cfg.data.num_workers, drop_last=False)
+        self.cache = None
+        if cfg.data.cache_dir:
+            from .data import FeatureCache
+
+            self.cache = FeatureCache(cfg.data.cache_dir, namespace=self._cache_namespace())
+        # the training randomness (noise, t, caption dropout) has its own generator, saved with the checkpoint
+        self.gen = torch.Generator().manual_seed(t.seed * 1000003 + self.rank)
+        self.step = 0
+
+    # -- setup helpers -------------------------------------------------------------------------
+    def _data_source(self) -> Path:
+        d = self.cfg.data
+        if d.source is not None:
+            return resolve_path(d.source)
+        from .shapes import write_dataset
+
+        root = self.out / "data" / f"shapes_{d.shapes}_{d.resolution}_{self.cfg.train.seed}"
+        jsonl = root / "captions.jsonl"
+        if self.main and not jsonl.is_file():
+            tmp = root.with_name(root.name + f".tmp{os.getpid()}")
+            shutil.rmtree(tmp, ignore_errors=True)
+            write_dataset(tmp, d.shapes, size=d.resolution, seed=self.cfg.train.seed)
+            shutil.rmtree(root, ignore_errors=True)
+            os.replace(tmp, root)
+        if self.world > 1:
+            dist.barrier()
+        return jsonl
+
+    def _cache_namespace(self) -> str:
+        m = self.cfg.model
+        return f"{m.text_encoder.replace('/', '_').replace(':', '_')}-L{m.text_layer}-{m.max_length}"
+
+    def _parallelize(self):
+        p = self.cfg.train.parallel
+        if p == "none" or self.world == 1:
+            return self.model
+        if p == "ddp":
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            return DDP(self.model, device_ids=ids)
+        from torch.distributed.fsdp import fully_shard
+
+        for block in self.model.layers:
+            fully_shard(block)
+        fully_shard(self.model)
+        # re-take the (now sharded) parameters for the optimizer and the EMA
+        self.trainable = [q for q in self.model.parameters() if q.requires_grad]
+        self.ema = [q.detach().clone().float() for q in self.trainable]
+        return self.model
+
+    # -- one step ------------------------------------------------------------------------------
+    def _sample_t(self, n: int) -> torch.Tensor:
+        t = self.cfg.train
+        if t.t_sampling == "lognorm":
+            return torch.sigmoid(torch.randn(n, generator=self.gen))
+        u = torch.rand(n, generator=self.gen)
+        if t.t_sampling == "shifted":
+            s = t.t_shift
+            u = u / (u + s - s * u)
+        return u
+
+    @torch.no_grad()
+    def _encode_text(self, captions: list[str]):
+        if self.cache is None:
+            return self.text_encoder.encode(captions)
+        feats = []
+        for c in captions:
+            key = self.cache.key("text", c)
+            hit = self.cache.get(key)
+            if hit is None:
+                f, m = self.text_encoder.encode([c])
+                hit = {"feats": f[0][m[0]].float().cpu().contiguous()}
+                self.cache.put(key, hit)
+            feats.append(hit["feats"])
+        L = max(f.shape[0] for f in feats)
+        out = torch.zeros(len(feats), L, feats[0].shape[-1])
+        mask = torch.zeros(len(feats), L, dtype=torch.bool)
+        for i, f in enumerate(feats):
+            out[i, : f.shape[0]] = f
+            mask[i, : f.shape[0]] = True
+        return out.to(self.device), mask.to(self.device)
+
+    @torch.no_grad()
+    def _encode_images(self, images: list[torch.Tensor]) -> list[torch.Tensor]:
+        return [self.codec.encode(img[None].to(self.device))[0].float() for img in images]
+
+    def _loss(self, batch) -> torch.Tensor:
+        t_cfg = self.cfg.train
+        captions = [("" if float(torch.rand((), generator=self.gen)) < t_cfg.caption_dropout else c)
+                    for c in batch["captions"]]
+        feats, mask = self._encode_text(captions)
+        x1 = self._encode_images(batch["images"])
+        n = len(x1)
+        t = self._sample_t(n)
+        x0 = [torch.randn(x.shape, generator=self.gen).to(self.device) for x in x1]
+        xt = [ti * a + (1 - ti) * b for ti, a, b in zip(t.tolist(), x1, x0)]
+        autocast = (torch.autocast(self.device.type, dtype=torch.bfloat16) if t_cfg.precision == "bf16"
+                    else nullcontext())
+        with autocast:
+            v = self.ddp_model(xt, t.to(self.device), feats, mask)
+        losses = [F.mse_loss(vi.float(), (a - b)) for vi, a, b in zip(v, x1, x0)]
+        return torch.stack(losses).mean()
+
+    @torch.no_grad()
+    def _ema_update(self) -> None:
+        d = self.cfg.train.ema_decay
+        for e, p in zip(self.ema, self.trainable):
+            e.lerp_(p.detach().float(), 1 - d)
+
+    # -- checkpoints ---------------------------------------------------------------------------
+    def _full_state(self, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Full (unsharded) CPU copies: DTensor shards are gathered (a collective under FSDP)."""
+        out = []
+        for x in tensors:
+            if hasattr(x, "full_tensor"):
+                x = x.full_tensor()
+            out.append(x.detach().cpu().clone())
+        return out
+
+    def _model_and_ema_state(self) -> tuple[dict, dict]:
+        names = [n for n, p in self.model.named_parameters() if p.requires_grad]
+        full_model = {}
+        for n, x in self.model.state_dict().items():
+            full_model[n] = (x.full_tensor() if hasattr(x, "full_tensor") else x).detach().cpu().clone()
+        ema = dict(full_model)
+        for n, e in zip(names, self._full_state(self.ema)):
+            ema[n] = e.to(full_model[n].dtype)
+        return full_model, ema
+
+    def _optimizer_state(self) -> dict:
+        if self.cfg.train.parallel == "fsdp" and self.world > 1:
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+            return get_optimizer_state_dict(self.model, self.opt,
+                                            options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        return self.opt.state_dict()
+
+    def save_checkpoint(self) -> Path | None:
+        model_state, ema_state = self._model_and_ema_state()  # collectives: every rank takes part
+        opt_state = self._optimizer_state()
+        rng = {"gen": self.gen.get_state(), "torch": torch.get_rng_state(),
+               "python": list(random.getstate()[1]), "python_version": random.getstate()[0],
+               "python_gauss": random.getstate()[2],
+               "numpy": torch.from_numpy(np.random.get_state()[1].astype(np.int64)),
+               "numpy_pos": int(np.random.get_state()[2])}
+        if torch.cuda.is_available():
+            rng["cuda"] = torch.cuda.get_rng_state()
+        final = self.ckpt_root / f"step_{self.step:07d}"
+        if self.world > 1:  # each rank's generator state travels to rank 0
+            gathered = [None] * self.world
+            dist.all_gather_object(gathered, {"gen": self.gen.get_state(), "torch": torch.get_rng_state()})
+            rng["per_rank"] = gathered
+        if not self.main:
+            dist.barrier()
+            return None
+        tmp = final.with_name(final.name + f".tmp{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        if self.cfg.lora is not None:
+            lora_io.save_adapter(model_state, ema_state, self.cfg.lora, tmp)
+        else:
+            save_state(self.model.config, model_state, tmp, format="official", ema_state=ema_state)
+        torch.save({"step": self.step, "optimizer": opt_state, "scheduler": self.sched.state_dict(),
+                    "sampler": self.sampler.state_dict(), "rng": rng, "world_size": self.world,
+                    "config": self.cfg.to_dict()}, tmp / STATE_FILE)
+        _fsync_dir(tmp)
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        _write_atomic(self.ckpt_root / LATEST, final.name)
+        self._prune()
+        if self.world > 1:
+            dist.barrier()
+        return final
+
+    def _prune(self) -> None:
+        keep = self.cfg.train.keep_last
+        done = sorted(p for p in self.ckpt_root.glob("step_*") if p.is_dir() and ".tmp" not in p.name)
+        for old in done[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+        for stale in self.ckpt_root.glob("step_*.tmp*"):  # left by a killed run
+            shutil.rmtree(stale, ignore_errors=True)
+
+    def latest_checkpoint(self) -> Path | None:
+        pointer = self.ckpt_root / LATEST
+        if not pointer.is_file():
+            return None
+        path = self.ckpt_root / pointer.read_text().strip()
+        return path if (path / STATE_FILE).is_file() else None
+
+    def load_checkpoint(self, path: Path) -> None:
+        state = torch.load(path / STATE_FILE, map_location="cpu", weights_only=True)
+        if state["world_size"] != self.world:
+            raise ConfigError(f"checkpoint {path} was written with {state['world_size']} processes, this run has "
+                              f"{self.world}: exact resume needs the same number")
+        if self.cfg.lora is not None:
+            model_state, ema_state = lora_io.load_adapter_states(path)
+        else:
+            from safetensors.torch import load_file
+
+            model_state = load_file(str(path / "consolidated.00-of-01.safetensors"))
+            ema_state = load_file(str(path / "consolidated_ema.00-of-01.safetensors"))
+        self._set_model_state(model_state, strict=self.cfg.lora is None)
+        names = [n for n, p in self.model.named_parameters() if p.requires_grad]
+        with torch.no_grad():
+            for n, e in zip(names, self.ema):
+                full = ema_state[n].float()
+                if hasattr(e, "device_mesh"):
+                    from torch.distributed.tensor import distribute_tensor
+
+                    full = distribute_tensor(full.to(e.device), e.device_mesh, e.placements)
+                e.copy_(full)
+        if self.cfg.train.parallel == "fsdp" and self.world > 1:
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+            set_optimizer_state_dict(self.model, self.opt, state["optimizer"],
+                                     options=StateDictOptions(full_state_dict=True))
+        else:
+            self.opt.load_state_dict(state["optimizer"])
+        self.sched.load_state_dict(state["scheduler"])
+        self.sampler.load_state_dict(state["sampler"])
+        rng = state["rng"]
+        mine = rng["per_rank"][self.rank] if "per_rank" in rng else rng
+        self.gen.set_state(mine["gen"])
+        torch.set_rng_state(mine["torch"])
+        random.setstate((rng["python_version"], tuple(rng["python"]), rng["python_gauss"]))
+        np.random.set_state(("MT19937", rng["numpy"].numpy().astype(np.uint32), rng["numpy_pos"]))
+        if "cuda" in rng and torch.cuda.is_available():
+            torch.cuda.set_rng_state(rng["cuda"])
+        self.step = int(state["step"])
+
+    def _set_model_state(self, state: dict, strict: bool) -> None:
+        if self.cfg.train.parallel == "fsdp" and self.world > 1:
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+            set_model_state_dict(self.model, state, options=StateDictOptions(full_state_dict=True, strict=strict))
+        else:
+            missing, unexpected = self.model.load_state_dict(state, strict=False)
+            if unexpected or (strict and missing):
+                raise ConfigError(f"checkpoint does not fit the model: missing {missing}, unexpected {unexpected}")
+
+    # -- the loop ------------------------------------------------------------------------------
+    def _batches(self):
+        while True:
+            loader = torch.utils.data.DataLoader(self.dataset, **self.loader_kwargs)
+            for batch in loader:
+                self.sampler.advance(self.cfg.train.batch_size)
+                if batch is not None:
+                    yield batch
+            self.sampler.set_epoch(self.sampler.epoch + 1)
+
+    def train(self) -> dict:
+        t = self.cfg.train
+        resume = t.resume
+        if resume == "auto":
+            path = self.latest_checkpoint()
+        elif resume:
+            path = resolve_path(resume)
+        else:
+            path = None
+        if path is not None:
+            self.load_checkpoint(path)
+        log_path = self.out / LOG_FILE
+        if self.main:
+            _truncate_log(log_path, self.step)
+        bar = None
+        if self.main and t.progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=t.steps, initial=self.step, desc="train", dynamic_ncols=True)
+        batches = self._batches()
+        losses, t0, last = [], time.perf_counter(), None
+        while self.step < t.steps:
+            batch = next(batches)
+            loss = self._loss(batch)
+            loss.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(self.trainable, t.grad_clip)
+            if hasattr(grad_norm, "full_tensor"):
+                grad_norm = grad_norm.full_tensor()
+            self.opt.step()
+            self.sched.step()
+            self.opt.zero_grad(set_to_none=True)
+            self._ema_update()
+            self.step += 1
+            value = _all_mean(loss.item(), self.world, self.device)
+            losses.append(value)
+            last = value
+            if self.main:
+                _append_log(log_path, self.step, value, self.sched.get_last_lr()[0], float(grad_norm),
+                            time.perf_counter() - t0)
+                if bar is not None:
+                    bar.update(1)
+                    if self.step % t.log_every == 0:
+                        bar.set_postfix(loss=f"{sum(losses[-t.log_every:]) / len(losses[-t.log_every:]):.4f}")
+            if self.step % t.save_every == 0 or self.step == t.steps:
+                self.save_checkpoint()
+        if bar is not None:
+            bar.close()
+        if self.main:
+            self.export_pipeline(self.out / "pipeline")
+        if self.world > 1:
+            dist.barrier()
+        return {"step": self.step, "last_loss": last, "trainable_params": self.n_trainable}
+
+    def export_pipeline(self, path: Path) -> Path:
+        """A pipeline directory for `lumina generate --model`: the EMA transformer, a reference to the text encoder
+        (pkg: paths stay references; directories are copied) and the codec."""
+        from ..pipelines.text_to_image import PipelineConfig
+
+        ckpt = self.latest_checkpoint()
+        path.mkdir(parents=True, exist_ok=True)
+        m = self.cfg.model
+        if self.cfg.lora is not None:
+            lora_io.copy_adapter(ckpt, path / "lora")
+            base = resolve_path(m.init_from) if m.init_from else None
+            cfg = PipelineConfig(text_layer=m.text_layer, max_length=m.max_length, codec="pixel"
+                                 if m.codec == "pixel" else "vae", text_encoder=m.text_encoder,
+                                 vae=None if m.codec == "pixel" else m.codec,
+                                 transformer=str(base) if base else None, lora="lora")
+        else:
+            tdir = path / "transformer"
+            shutil.rmtree(tdir, ignore_errors=True)
+            tdir.mkdir()
+            for f in ("model_args.pth", "consolidated_ema.00-of-01.safetensors"):
+                shutil.copy2(ckpt / f, tdir / f)
+            cfg = PipelineConfig(text_layer=m.text_layer, max_length=m.max_length,
+                                 codec="pixel" if m.codec == "pixel" else "vae", text_encoder=m.text_encoder,
+                                 vae=None if m.codec == "pixel" else m.codec)
+        cfg.save(path)
+        return path
+
+
+# ------------------------------------------------------------------------------------------------
+# files
+# ------------------------------------------------------------------------------------------------
+def _fsync_dir(path: Path) -> None:
+    for f in path.iterdir():
+        with open(f, "rb") as fh:
+            os.fsync(fh.fileno())
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+LOG_FIELDS = ["step", "loss", "lr", "grad_norm", "seconds"]
+
+
+def _truncate_log(path: Path, step: int) -> None:
+    """Keep the rows up to `step` (a resumed run continues the same curve)."""
+    if not path.is_file():
+        with open(path, "w", newline="") as f:
+            csv.writer(f).writerow(LOG_FIELDS)
+        return
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f))
+    keep = [rows[0]] + [r for r in rows[1:] if r and int(r[0]) <= step]
+    with open(path, "w", newline="") as f:
+        csv.writer(f).writerows(keep)
+
+
+def _append_log(path: Path, step: int, loss: float, lr: float, grad_norm: float, seconds: float) -> None:
+    with open(path, "a", newline="") as f:
+        csv.writer(f).writerow([step, repr(loss), repr(lr), repr(grad_norm), f"{seconds:.3f}"])
+
+
+def read_log(path) -> list[dict]:
+    """The loss log as a list of {step, loss, lr, grad_norm, seconds}."""
+    with open(path, newline="") as f:
+        return [{k: (int(v) if k == "step" else float(v)) for k, v in row.items()} for row in csv.DictReader(f)]
+
+
+def train(cfg: Config) -> dict:
+    """Train per `cfg` (see :class:`Trainer`); returns {step, last_loss, trainable_params}."""
+    trainer = Trainer(cfg)
+    try:
+        return trainer.train()
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
