@@ -133,7 +133,8 @@ class Trainer:
         source = self._data_source()
         self.dataset = ImageCaptionDataset(source, resolution=cfg.data.resolution,
                                            patch_multiple=self.codec.downscale * mc.patch_size,
-                                           buckets=cfg.data.buckets, random_crop=cfg.data.random_crop,
+                                           buckets=None if cfg.data.buckets == "aspect" else "square",
+                                           random_crop=cfg.data.random_crop,
                                            seed=t.seed)
         if len(self.dataset) == 0:
             raise ConfigError(f"`data`: no training images found in {source}")
@@ -206,15 +207,17 @@ class Trainer:
     def _encode_text(self, captions: list[str]):
         if self.cache is None:
             return self.text_encoder.encode(captions)
-        feats = []
-        for c in captions:
-            key = self.cache.key("text", c)
-            hit = self.cache.get(key)
-            if hit is None:
-                f, m = self.text_encoder.encode([c])
-                hit = {"feats": f[0][m[0]].float().cpu().contiguous()}
-                self.cache.put(key, hit)
-            feats.append(hit["feats"])
+        keys = [self.cache.key("text", c) for c in captions]
+        found = {k: self.cache.get(k) for k in set(keys)}
+        missing = sorted({c for c, k in zip(captions, keys) if found[k] is None})
+        if missing:  # one batched encoder call for every caption not cached yet
+            f, m = self.text_encoder.encode(missing)
+            for i, c in enumerate(missing):
+                entry = {"feats": f[i][m[i]].float().cpu().contiguous()}
+                key = self.cache.key("text", c)
+                self.cache.put(key, entry)
+                found[key] = entry
+        feats = [found[k]["feats"] for k in keys]
         L = max(f.shape[0] for f in feats)
         out = torch.zeros(len(feats), L, feats[0].shape[-1])
         mask = torch.zeros(len(feats), L, dtype=torch.bool)
