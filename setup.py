@@ -94,6 +94,8 @@ def _site_dirs() -> list[str]:
 
 setup(
     packages=find_packages(include=["lumina", "lumina.*", "lumina_kernels", "lumina_kernels.*"]),
+    # the bundled default model (lumina/assets/default_model: weights, model_args.pth, pipeline config)
+    package_data={"lumina": ["assets/default_model/*", "assets/default_model/transformer/*"]},
     ext_modules=[_extension()],
     cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
 )
