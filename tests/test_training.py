@@ -233,3 +233,29 @@ def test_lora_trains_only_adapters_and_merges_on_load(tmp_path, gemma):
     with torch.no_grad():
         ema_lora = tr.model(x, torch.tensor([0.3]), feats, mask)  # ema_decay 0: EMA == raw weights
         torch.testing.assert_close(merged(x, torch.tensor([0.3]), feats, mask), ema_lora, rtol=1e-4, atol=1e-4)
+
+
+def test_vae_codec_latent_cache_bf16_and_checkpointing(tmp_path, gemma):
+    """A latent-space model (tiny AutoencoderKL) with cached text features and VAE latents, bf16 autocast and
+    gradient checkpointing: trains, and a second run reads every feature from the cache."""
+    from lumina.pipelines.tiny import build_tiny_vae
+
+    vae = build_tiny_vae(tmp_path / "vae")
+    cache = tmp_path / "cache"
+
+    def run(name):
+        d = _cfg(tmp_path / name, gemma, train={"steps": 2, "save_every": 2, "precision": "bf16",
+                                                "caption_dropout": 0.0},
+                 data={"cache_dir": str(cache), "shapes": 16})
+        d["model"].update(codec=str(vae), gradient_checkpointing=True)
+        d["model"]["overrides"] = {"patch_size": 2, "learn_sigma": True}
+        tr = Trainer(C.from_dict(d))
+        assert tr.model.config.in_channels == 4 and tr.model.gradient_checkpointing
+        result = tr.train()
+        assert result["step"] == 2 and torch.isfinite(torch.tensor(result["last_loss"]))
+        return tr.cache
+
+    first = run("a")
+    assert first.misses > 0 and any(cache.rglob("*.safetensors"))
+    second = run("b")
+    assert second.misses == 0 and second.hits > 0

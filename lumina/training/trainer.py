@@ -20,6 +20,7 @@ from __future__ import annotations
 import csv
 import os
 import random
+import re
 import shutil
 import time
 from contextlib import nullcontext
@@ -142,7 +143,7 @@ class Trainer:
         self.loader_kwargs = dict(batch_size=t.batch_size, sampler=self.sampler, collate_fn=collate,
                                   num_workers=cfg.data.num_workers, drop_last=False)
         self.cache = None
-        if cfg.data.cache_dir:
+        if cfg.data.cache_dir:  # text features; and VAE latents (their mode) when the codec is a VAE
             from .data import FeatureCache
 
             self.cache = FeatureCache(cfg.data.cache_dir, namespace=self._cache_namespace())
@@ -171,7 +172,8 @@ class Trainer:
 
     def _cache_namespace(self) -> str:
         m = self.cfg.model
-        return f"{m.text_encoder.replace('/', '_').replace(':', '_')}-L{m.text_layer}-{m.max_length}"
+        name = re.sub(r"[^A-Za-z0-9._-]+", "_", m.text_encoder).strip("_.")[-80:] or "encoder"
+        return f"{name}-L{m.text_layer}-{m.max_length}"
 
     def _parallelize(self):
         p = self.cfg.train.parallel
@@ -227,15 +229,31 @@ class Trainer:
         return out.to(self.device), mask.to(self.device)
 
     @torch.no_grad()
-    def _encode_images(self, images: list[torch.Tensor]) -> list[torch.Tensor]:
-        return [self.codec.encode(img[None].to(self.device))[0].float() for img in images]
+    def _encode_images(self, batch) -> list[torch.Tensor]:
+        """Codec latents of the batch. A VAE samples its latent with the training generator; with a cache, the
+        latent distribution's mode is cached per (image file content, crop, VAE) and reused."""
+        images = batch["images"]
+        if self.cache is None or isinstance(self.codec, PixelCodec):
+            return [self.codec.encode(img[None].to(self.device), generator=self.gen)[0].float() for img in images]
+        from .data import content_key
+
+        out = []
+        for img, idx, crop in zip(images, batch["indices"].tolist(), batch["crops"]):
+            key = self.cache.key("latent", content_key(self.dataset.path(idx), crop), self.cfg.model.codec,
+                                 str(tuple(img.shape)))
+            hit = self.cache.get(key)
+            if hit is None:
+                hit = {"z": self.codec.encode(img[None].to(self.device), sample=False)[0].float().cpu().contiguous()}
+                self.cache.put(key, hit)
+            out.append(hit["z"].to(self.device))
+        return out
 
     def _loss(self, batch) -> torch.Tensor:
         t_cfg = self.cfg.train
         captions = [("" if float(torch.rand((), generator=self.gen)) < t_cfg.caption_dropout else c)
                     for c in batch["captions"]]
         feats, mask = self._encode_text(captions)
-        x1 = self._encode_images(batch["images"])
+        x1 = self._encode_images(batch)
         n = len(x1)
         t = self._sample_t(n)
         x0 = [torch.randn(x.shape, generator=self.gen).to(self.device) for x in x1]
