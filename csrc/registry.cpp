@@ -15,6 +15,17 @@ TORCH_LIBRARY(lumina, m) {
   // Rotate pairs (x[2i], x[2i+1]) of x (batch, seq, heads, head_dim) by freqs_cis (complex64), or by its
   // conjugate when inverse (which is also the backward pass).
   m.def("rope(Tensor x, Tensor freqs_cis, bool inverse=False) -> Tensor", {at::Tag::pt2_compliant_tag});
+  // Attention with fused RoPE: q (B, Lq, Hq, D), k / v (B, Lk, Hkv, D), Hq a multiple of Hkv (GQA); q_freqs /
+  // k_freqs complex64 (L, D/2) or (B, L, D/2) rotate q / k; key_padding_mask (B, Lk) bool, True = attend.
+  // out (B, Lq, Hq, D); lse (B, Hq, Lq) fp32 log-sum-exp of the scaled scores (-inf for a row with no key).
+  m.def("attention_fwd(Tensor q, Tensor k, Tensor v, Tensor? q_freqs, Tensor? k_freqs, Tensor? key_padding_mask,"
+        " float softmax_scale) -> (Tensor out, Tensor lse)",
+        {at::Tag::pt2_compliant_tag});
+  // Gradients of attention_fwd with respect to q, k and v (through the RoPE), recomputing P from lse.
+  m.def("attention_bwd(Tensor grad_out, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, Tensor? q_freqs,"
+        " Tensor? k_freqs, Tensor? key_padding_mask, float softmax_scale) -> (Tensor grad_q, Tensor grad_k,"
+        " Tensor grad_v)",
+        {at::Tag::pt2_compliant_tag});
   // What this build holds: backends, CUDA archs, compiler.
   m.def("build_info() -> str", &lumina::build_info);
 }

@@ -5,6 +5,7 @@
     y = lk.modulated_rms_norm(x, weight, scale)              # x (B, L, D), scale (B, D)
     x = lk.gated_rms_norm_residual(x, attn, weight, gate)    # residual + tanh(gate) * rms_norm(attn)
     q = lk.apply_rope(q, freqs_cis)                          # q (B, L, H, D), freqs_cis complex64 (L, D/2)
+    o = lk.attention(q, k, v, q_freqs=f, k_freqs=f)          # q (B, L, Hq, D), k/v (B, L, Hkv, D): RoPE + GQA fused
     print(lk.explain("fused_rms_norm", x, weight))           # which backend runs, and why not the others
 
 Every op runs on the compiled CUDA kernel, the compiled C++ CPU kernel or its PyTorch reference
@@ -13,13 +14,14 @@ Every op runs on the compiled CUDA kernel, the compiled C++ CPU kernel or its Py
 from . import reference
 from ._ext import BUILD_INFO, HAS_CPU_KERNELS, HAS_CUDA_KERNELS, LOAD_ERROR
 from .dispatch import explain
-from .ops import apply_rope, gated_rms_norm_residual, modulated_rms_norm, rms_norm
+from .ops import apply_rope, attention, gated_rms_norm_residual, modulated_rms_norm, rms_norm
 
 __all__ = [
     "rms_norm",
     "modulated_rms_norm",
     "gated_rms_norm_residual",
     "apply_rope",
+    "attention",
     "explain",
     "reference",
     "BUILD_INFO",

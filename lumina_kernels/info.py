@@ -20,6 +20,9 @@ EXAMPLES = {
     "fused_rms_norm": lambda dev, dt: (torch.empty(2, 16, 2304, device=dev, dtype=dt),
                                        torch.empty(2304, device=dev, dtype=dt)),
     "apply_rope": lambda dev, dt: (torch.empty(2, 16, 32, 72, device=dev, dtype=dt), rope_table(16, 72, device=dev)),
+    "attention": lambda dev, dt: (torch.empty(2, 256, 32, 72, device=dev, dtype=dt),
+                                  torch.empty(2, 256, 8, 72, device=dev, dtype=dt),
+                                  torch.empty(2, 256, 8, 72, device=dev, dtype=dt)),
 }
 
 

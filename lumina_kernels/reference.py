@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["fused_rms_norm", "rms_norm", "modulated_rms_norm", "gated_rms_norm_residual", "apply_rope"]
+__all__ = ["fused_rms_norm", "rms_norm", "modulated_rms_norm", "gated_rms_norm_residual", "apply_rope", "attention"]
 
 
 def _compute_dtype(x: Tensor) -> torch.dtype:
@@ -62,3 +62,50 @@ def apply_rope(x: Tensor, freqs_cis: Tensor, inverse: bool = False) -> Tensor:
     if inverse:
         sin = -sin
     return torch.stack([x0 * cos - x1 * sin, x0 * sin + x1 * cos], dim=-1).flatten(-2).to(x.dtype)  # (B, L, H, D)
+
+
+def attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    q_freqs: Tensor | None = None,
+    k_freqs: Tensor | None = None,
+    key_padding_mask: Tensor | None = None,
+    softmax_scale: float | None = None,
+    upcast: bool = True,
+) -> Tensor:
+    """Multi-head attention with fused RoPE, GQA and a key padding mask.
+
+    q (B, Lq, Hq, D); k, v (B, Lk, Hkv, D) with Hq a multiple of Hkv (query head h reads KV head
+    h // (Hq / Hkv)); q_freqs / k_freqs complex RoPE tables (Lq or Lk, D/2) or (B, L, D/2), applied to q / k;
+    key_padding_mask (B, Lk) bool, True = attend; softmax_scale defaults to 1/sqrt(D). Rows whose keys
+    are all masked give zeros (and zero gradients). Returns (B, Lq, Hq, D) in q's dtype.
+
+    upcast=True (the contract): everything in fp32 (fp64 for fp64 inputs), one rounding at the end.
+    upcast=False: the "low-precision reference" of the tests: RoPE output, scores and P @ V rounded to
+    the input dtype as a plain framework implementation would (softmax itself in fp32).
+    """
+    B, Lq, Hq, D = q.shape
+    Hkv = k.shape[2]
+    scale = 1.0 / D**0.5 if softmax_scale is None else float(softmax_scale)
+    ct = _compute_dtype(q) if upcast else q.dtype
+    qc, kc, vc = q.to(ct), k.to(ct), v.to(ct)
+    if q_freqs is not None:
+        qc = apply_rope(qc, q_freqs)
+    if k_freqs is not None:
+        kc = apply_rope(kc, k_freqs)
+    heads = torch.arange(Hq, device=q.device) // (Hq // Hkv)  # GQA: query head -> its KV head
+    kc, vc = kc[:, :, heads], vc[:, :, heads]  # (B, Lk, Hq, D)
+    s = torch.einsum("bqhd,bkhd->bhqk", qc, kc) * scale  # (B, Hq, Lq, Lk)
+    s = s.to(_compute_dtype(q))  # softmax in fp32 (fp64) either way
+    if key_padding_mask is not None:
+        keep = key_padding_mask.to(torch.bool)[:, None, None, :]  # (B, 1, 1, Lk)
+        # a row with every key masked softmaxes over all keys (finite), then its probabilities are zeroed:
+        # zeros out, zero gradients, never NaN
+        dead = ~keep.any(-1, keepdim=True)
+        s = s.masked_fill(~(keep | dead), float("-inf"))
+        p = torch.softmax(s, dim=-1) * keep
+    else:
+        p = torch.softmax(s, dim=-1)
+    out = torch.einsum("bhqk,bkhd->bqhd", p.to(ct), vc)
+    return out.to(q.dtype)

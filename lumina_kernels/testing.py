@@ -42,3 +42,24 @@ def rope_table(seq: int, head_dim: int, batch: int | None = None, theta: float =
         pos = torch.stack([torch.randperm(seq, generator=generator).double() for _ in range(batch)])
     angles = pos[..., None] * freqs  # (..., seq, head_dim/2)
     return torch.polar(torch.ones_like(angles), angles).to(torch.complex64).to(device)
+
+
+# Attention is compared with a float64 reference, as flash-attention's tests do: the kernel's largest
+# error must stay within `factor` times the largest error of a plain low-precision implementation (the
+# reference with upcast=False: RoPE, scores and P @ V rounded to the input dtype) plus `eps`.
+ATTENTION_ERROR: dict[str, dict[torch.dtype, tuple[float, float]]] = {  # (factor, eps)
+    "forward": {torch.float32: (3.0, 1e-5), torch.bfloat16: (2.0, 1e-3), torch.float16: (2.0, 2e-4)},
+    "grad": {torch.float32: (3.0, 1e-4), torch.bfloat16: (3.0, 4e-3), torch.float16: (3.0, 1e-3)},
+}
+
+
+def assert_within_reference_error(actual: torch.Tensor, ref64: torch.Tensor, ref_low: torch.Tensor,
+                                  kind: str = "forward", msg: str = "") -> None:
+    """max|actual - ref64| <= factor * max|ref_low - ref64| + eps, factor and eps from ATTENTION_ERROR."""
+    factor, eps = ATTENTION_ERROR[kind][actual.dtype]
+    assert torch.isfinite(actual).all(), f"{msg}: non-finite values in the result"
+    assert actual.shape == ref64.shape, f"{msg}: shape {tuple(actual.shape)} != {tuple(ref64.shape)}"
+    err = (actual.double() - ref64).abs().max().item() if actual.numel() else 0.0
+    base = (ref_low.double() - ref64).abs().max().item() if actual.numel() else 0.0
+    assert err <= factor * base + eps, (f"{msg}: max error {err:.3g} > {factor} x the low-precision reference's "
+                                        f"{base:.3g} + {eps:g}")
