@@ -228,10 +228,13 @@ def _attn_no_cuda_kernel(inputs: dict) -> str | None:
 #   B=2 Hq=32 Hkv=8 D=72 L=256       24 / 24     20 / 24     25 / 30   |   69 / 88       59 / 96       72 / 140
 #   B=2 Hq=32 Hkv=8 D=72 L=1024     301 / 254   283 / 97    385 / 294  |  866 / 964     837 / 656     958 / 1141
 #   B=64 Hq=4 Hkv=2 D=64 L=64 (tiny)  6.8 / 10.9  6.0 / 16.0 11.0 / 19.3 | 19 / 49        19 / 94       32 / 110
-# The C++ kernel wins at short sequences and whenever a backward follows, except bf16 on a CPU with AMX
-# tiles (oneDNN's AMX GEMMs in SDPA); SDPA wins long forward-only calls (inference). The crossover is put at
-# Lq * Lk = 512^2, between the measured 256^2 and 1024^2.
+#   B=2 Hq=32 Hkv=8 D=72 Lq=512 Lk=128 (the 2B model's cross-attention, inside NextDiT)  fwd fp32 34.5 / 19.3
+# The C++ kernel wins small forward calls and whenever a backward follows, except bf16 on a CPU with AMX
+# tiles (oneDNN's AMX GEMMs in SDPA); SDPA wins large forward-only calls (inference). Forward only, the
+# crossover is put at B*Hq*Lq*Lk*D = 2^27 (between the tiny model's 6.7e7, C++ faster, and 3.0e8, SDPA faster);
+# with a backward at Lq * Lk = 512^2, between the measured 256^2 and 1024^2.
 SDPA_MIN_SCORES = 512 * 512
+SDPA_MIN_FORWARD_WORK = 2 ** 27
 
 
 def _has_amx() -> bool:
@@ -246,11 +249,14 @@ def _attn_cpu_slower(inputs: dict) -> str | None:
     """None when the C++ kernel is the faster CPU path for these inputs (measurements above), else why not."""
     q, k = inputs["x"], inputs["k"]
     n = q.shape[1] * k.shape[1]
+    if not inputs["grad"]:
+        work = q.shape[0] * q.shape[2] * n * q.shape[3]
+        if work < SDPA_MIN_FORWARD_WORK:
+            return None
+        return (f"forward only with B*Hq*Lq*Lk*D = {work} >= 2^27: torch SDPA after RoPE measured faster "
+                "(L=1024 fp32 254 vs 301 ms, bf16 97 vs 283 ms; Lq=512 Lk=128 fp32 19 vs 35 ms)")
     if n < SDPA_MIN_SCORES:
         return None
-    if not inputs["grad"]:
-        return (f"forward only with Lq*Lk = {n} >= 512^2: torch SDPA after RoPE measured faster "
-                "(L=1024 fp32 254 vs 301 ms, bf16 97 vs 283 ms)")
     if q.dtype == torch.bfloat16 and _has_amx():
         return (f"bf16 on a CPU with AMX, Lq*Lk = {n} >= 512^2: torch SDPA after RoPE measured faster "
                 "forward+backward (L=1024: 656 vs 837 ms)")

@@ -149,17 +149,16 @@ class Attention(nn.Module):
         q = self.q_norm(self.wq(x)).view(B, L, H, hd)
         k = self.k_norm(self.wk(x)).view(B, L, KV, hd)
         v = self.wv(x).view(B, L, KV, hd)
-        q, k = lk.apply_rope(q, freqs_cis), lk.apply_rope(k, freqs_cis)
-        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, heads, L, hd)
-        gqa = KV != H
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=x_mask[:, None, None, :], scale=softmax_scale,
-                                             enable_gqa=gqa)  # (B, H, L, hd)
+        # self-attention: RoPE on q and k inside the op, GQA without K/V copies, padded image tokens masked
+        out = lk.attention(q, k, v, q_freqs=freqs_cis, k_freqs=freqs_cis, key_padding_mask=x_mask,
+                           softmax_scale=softmax_scale)  # (B, L, H, hd)
         Ly = y.shape[1]
-        yk = self.ky_norm(self.wk_y(y)).view(B, Ly, KV, hd).transpose(1, 2)
-        yv = self.wv_y(y).view(B, Ly, KV, hd).transpose(1, 2)
-        out_y = F.scaled_dot_product_attention(q, yk, yv, attn_mask=y_mask[:, None, None, :], enable_gqa=gqa)
-        out = out + out_y * self.gate.tanh().view(1, H, 1, 1).to(out_y.dtype)
-        return self.wo(out.transpose(1, 2).reshape(B, L, H * hd))  # (B, L, dim)
+        yk = self.ky_norm(self.wk_y(y)).view(B, Ly, KV, hd)
+        yv = self.wv_y(y).view(B, Ly, KV, hd)
+        # cross-attention to the caption: the same RoPE'd queries, no RoPE on the text keys, default scale
+        out_y = lk.attention(q, yk, yv, q_freqs=freqs_cis, key_padding_mask=y_mask)  # (B, L, H, hd)
+        out = out + out_y * self.gate.tanh().view(1, 1, H, 1).to(out_y.dtype)
+        return self.wo(out.reshape(B, L, H * hd))  # (B, L, dim)
 
 
 class FeedForward(nn.Module):
