@@ -22,6 +22,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from lumina.models import checkpoints as ck
 from lumina.models.nextdit import NextDiT, config_from_preset
+from lumina.pipelines.tiny import randomize_weights
 
 DEVICES = [pytest.param("cpu", id="cpu"),
            pytest.param("cuda", id="cuda", marks=[pytest.mark.cuda,
@@ -41,9 +42,7 @@ def _setup(device: str, impl: str):
     cfg = config_from_preset("NextDiT_2B_GQA_patch2", n_layers=2)
     torch.manual_seed(0)
     ours = NextDiT(cfg)
-    with torch.no_grad():  # random weights everywhere, norm gains around 1
-        for name, p in ours.named_parameters():
-            p.copy_(0.02 * torch.randn_like(p) + (1.0 if "norm" in name and name.endswith("weight") else 0.0))
+    randomize_weights(ours, std=0.02)  # random weights everywhere, norm gains around 1
     ours = ours.to(device, dtype).eval()
     dmodel = table = None
     if LuminaNextDiT2DModel is not None:

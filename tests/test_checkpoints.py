@@ -11,21 +11,11 @@ from safetensors.torch import save_file
 
 from lumina.models import checkpoints as ck
 from lumina.models.nextdit import NextDiT, NextDiTConfig, config_from_preset
+from lumina.pipelines.tiny import randomize_weights
 
 
 def _diffusers_model(cfg: NextDiTConfig) -> LuminaNextDiT2DModel:
     return LuminaNextDiT2DModel(**{k: v for k, v in ck.config_to_diffusers(cfg).items() if not k.startswith("_")})
-
-
-def _randomize(model: torch.nn.Module) -> None:
-    """Every parameter random (zero-init gates and modulations would hide convention errors)."""
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            parts = name.split(".")
-            if len(parts) > 1 and parts[-1] == "weight" and "norm" in parts[-2]:  # norm gains around 1
-                p.copy_(1 + 0.3 * torch.randn_like(p))
-            else:
-                p.copy_(0.3 * torch.randn_like(p))
 
 
 def _tie_queries(dmodel: LuminaNextDiT2DModel) -> None:
@@ -38,9 +28,10 @@ def _tie_queries(dmodel: LuminaNextDiT2DModel) -> None:
                 layer.attn2.norm_q.bias.copy_(layer.attn1.norm_q.bias)
 
 
+# every weight random in these tests: zero-initialised gates and modulations would hide convention errors
 def _pair(cfg: NextDiTConfig):
     dmodel = _diffusers_model(cfg).eval()
-    _randomize(dmodel)
+    randomize_weights(dmodel, std=0.3)
     _tie_queries(dmodel)
     ours = NextDiT(cfg).eval()
     ours.load_state_dict(ck.diffusers_to_official(dmodel.state_dict()), strict=True)
@@ -146,7 +137,7 @@ def test_diffusers_key_mapping_is_complete():
 def test_untied_diffusers_query_is_refused():
     cfg = config_from_preset("NextDiT_tiny")
     dmodel = _diffusers_model(cfg)
-    _randomize(dmodel)  # attn2.to_q now differs from attn1.to_q
+    randomize_weights(dmodel, std=0.3)  # attn2.to_q now differs from attn1.to_q
     with pytest.raises(ck.CheckpointError, match=r"attn2\.(to_q|norm_q)"):
         ck.diffusers_to_official(dmodel.state_dict())
 
@@ -156,7 +147,7 @@ def test_untied_diffusers_query_is_refused():
 # ----------------------------------------------------------------------------------------------
 def _random_model(cfg=None) -> NextDiT:
     model = NextDiT(cfg or config_from_preset("NextDiT_tiny")).eval()
-    _randomize(model)
+    randomize_weights(model, std=0.3)
     return model
 
 
@@ -253,7 +244,7 @@ def test_diffusers_pipeline_root_is_found(tmp_path):
 def test_diffusers_saved_by_diffusers_loads(tmp_path):
     cfg = NextDiTConfig(dim=48, n_layers=1, n_heads=4, n_kv_heads=2, cap_feat_dim=16, multiple_of=16, sample_size=8)
     dmodel = _diffusers_model(cfg).eval()
-    _randomize(dmodel)
+    randomize_weights(dmodel, std=0.3)
     _tie_queries(dmodel)
     dmodel.save_pretrained(tmp_path)
     ours = NextDiT.from_pretrained(tmp_path)

@@ -14,19 +14,15 @@ from lumina.cli import main as cli_main
 from lumina.models.nextdit import NextDiT, config_from_preset
 from lumina.pipelines import LuminaPipeline, PipelineConfig, TextEncoder, VAECodec
 from lumina.pipelines.text_to_image import GenerationDefaults
-from lumina.pipelines.tiny import build_tiny_gemma, build_tiny_vae
+from lumina.pipelines.tiny import build_tiny_gemma, build_tiny_vae, randomize_weights
 from lumina.sampling import cfg_velocity, sample
 
 REPO = Path(__file__).resolve().parent.parent
 
 
 def _random_transformer(**overrides) -> NextDiT:
-    g = torch.Generator().manual_seed(1234)
     model = NextDiT(config_from_preset("NextDiT_tiny", **overrides)).eval()
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            noise = torch.randn(p.shape, generator=g)
-            p.copy_(1 + 0.2 * noise if "norm" in name and name.endswith("weight") else 0.2 * noise)
+    randomize_weights(model, std=0.2, generator=torch.Generator().manual_seed(1234))
     return model
 
 

@@ -12,7 +12,7 @@ import torch
 import yaml
 
 import lumina
-from lumina.pipelines.tiny import build_tiny_gemma
+from lumina.pipelines.tiny import build_tiny_gemma, randomize_weights
 from lumina.training import config as C
 from lumina.training.trainer import Trainer, read_log
 
@@ -194,10 +194,7 @@ def test_lora_trains_only_adapters_and_merges_on_load(tmp_path, gemma):
     # a base with random weights everywhere (zero-initialised gates would let no gradient reach the adapters)
     base = lumina.NextDiT(lumina.config_from_preset("NextDiT_tiny", patch_size=2, learn_sigma=False, in_channels=3,
                                                     sample_size=16)).eval()
-    with torch.no_grad():
-        for name, p in base.named_parameters():
-            p.copy_(1 + 0.2 * torch.randn_like(p) if "norm" in name and name.endswith("weight")
-                    else 0.2 * torch.randn_like(p))
+    randomize_weights(base, std=0.2)
     base_pipe = tmp_path / "base"
     base.save_pretrained(base_pipe / "transformer", ema_state=base.state_dict())
     PipelineConfig(codec="pixel", text_encoder=str(gemma), text_layer=-2, max_length=32).save(base_pipe)

@@ -18,7 +18,8 @@ from typing import Sequence, Union
 
 import torch
 
-__all__ = ["build_tiny_gemma", "build_tiny_tokenizer", "build_tiny_vae", "TINY_VOCAB"]
+__all__ = ["build_tiny_gemma", "build_tiny_tokenizer", "build_tiny_vae", "build_tiny_pipeline", "randomize_weights",
+           "TINY_VOCAB"]
 
 PathLike = Union[str, os.PathLike]
 
@@ -132,6 +133,19 @@ def build_tiny_vae(
     return path
 
 
+@torch.no_grad()
+def randomize_weights(module: torch.nn.Module, std: float = 0.2, generator: torch.Generator | None = None) -> None:
+    """Make every parameter of `module` random, in place: the gains of norm layers (a ``weight`` whose module name
+    contains "norm") become ``1 + std * N(0, 1)``, everything else ``std * N(0, 1)``. Zero-initialised gates and
+    output layers would otherwise hide convention errors (tests) or leave parts of a model unused (demos).
+    Draws from `generator` (a CPU generator) or the global RNG."""
+    for name, p in module.named_parameters():
+        parts = name.split(".")
+        gain = len(parts) > 1 and parts[-1] == "weight" and "norm" in parts[-2]
+        noise = std * torch.randn(p.shape, generator=generator).to(p)
+        p.copy_(1 + noise if gain else noise)
+
+
 def build_tiny_pipeline(path: PathLike, seed: int = 0) -> Path:
     """Write a whole tiny RANDOM pipeline directory (transformer/ NextDiT_tiny in the official format, text_encoder/
     from :func:`build_tiny_gemma`, vae/ from :func:`build_tiny_vae`) that ``lumina generate --model path`` runs in
@@ -145,10 +159,7 @@ def build_tiny_pipeline(path: PathLike, seed: int = 0) -> Path:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = NextDiT(config_from_preset("NextDiT_tiny")).eval()
-        with torch.no_grad():
-            for name, p in model.named_parameters():
-                is_gain = "norm" in name and name.endswith("weight")
-                p.copy_(1 + 0.2 * torch.randn_like(p) if is_gain else 0.2 * torch.randn_like(p))
+        randomize_weights(model, std=0.2)
     model.save_pretrained(path / "transformer", ema_state=model.state_dict())
     return path
 

@@ -117,12 +117,12 @@ class Trainer:
         self.model.to(self.device).train()
         if cfg.lora is not None:
             lora_io.add_lora(self.model, cfg.lora)
+        self.n_trainable = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
+        self.ddp_model = self._parallelize()
+        # taken after sharding: under FSDP these are the local shards (DTensors)
         self.trainable = [p for p in self.model.parameters() if p.requires_grad]
-        self.n_trainable = sum(p.numel() for p in self.trainable)
-
         # EMA of the trainable weights (fp32), kept beside the model in its own layout (sharded under FSDP)
         self.ema = [p.detach().clone().float() for p in self.trainable]
-        self.ddp_model = self._parallelize()
 
         self.opt = torch.optim.AdamW(self.trainable, lr=t.lr, betas=tuple(t.betas), weight_decay=t.weight_decay)
         warm = t.warmup_steps
@@ -189,9 +189,6 @@ class Trainer:
         for block in self.model.layers:
             fully_shard(block)
         fully_shard(self.model)
-        # re-take the (now sharded) parameters for the optimizer and the EMA
-        self.trainable = [q for q in self.model.parameters() if q.requires_grad]
-        self.ema = [q.detach().clone().float() for q in self.trainable]
         return self.model
 
     # -- one step ------------------------------------------------------------------------------
@@ -209,17 +206,15 @@ class Trainer:
     def _encode_text(self, captions: list[str]):
         if self.cache is None:
             return self.text_encoder.encode(captions)
-        keys = [self.cache.key("text", c) for c in captions]
-        found = {k: self.cache.get(k) for k in set(keys)}
-        missing = sorted({c for c, k in zip(captions, keys) if found[k] is None})
+        key_of = {c: self.cache.key("text", c) for c in captions}
+        found = {c: self.cache.get(k) for c, k in key_of.items()}
+        missing = sorted(c for c, entry in found.items() if entry is None)
         if missing:  # one batched encoder call for every caption not cached yet
             f, m = self.text_encoder.encode(missing)
             for i, c in enumerate(missing):
-                entry = {"feats": f[i][m[i]].float().cpu().contiguous()}
-                key = self.cache.key("text", c)
-                self.cache.put(key, entry)
-                found[key] = entry
-        feats = [found[k]["feats"] for k in keys]
+                found[c] = {"feats": f[i][m[i]].float().cpu().contiguous()}
+                self.cache.put(key_of[c], found[c])
+        feats = [found[c]["feats"] for c in captions]
         L = max(f.shape[0] for f in feats)
         out = torch.zeros(len(feats), L, feats[0].shape[-1])
         mask = torch.zeros(len(feats), L, dtype=torch.bool)
@@ -272,23 +267,19 @@ class Trainer:
             e.lerp_(p.detach().float(), 1 - d)
 
     # -- checkpoints ---------------------------------------------------------------------------
-    def _full_state(self, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
-        """Full (unsharded) CPU copies: DTensor shards are gathered (a collective under FSDP)."""
-        out = []
-        for x in tensors:
-            if hasattr(x, "full_tensor"):
-                x = x.full_tensor()
-            out.append(x.detach().cpu().clone())
-        return out
+    @staticmethod
+    def _full_cpu(x: torch.Tensor) -> torch.Tensor:
+        """A full (unsharded) CPU copy: a DTensor shard is gathered (a collective under FSDP)."""
+        if hasattr(x, "full_tensor"):
+            x = x.full_tensor()
+        return x.detach().cpu().clone()
 
     def _model_and_ema_state(self) -> tuple[dict, dict]:
         names = [n for n, p in self.model.named_parameters() if p.requires_grad]
-        full_model = {}
-        for n, x in self.model.state_dict().items():
-            full_model[n] = (x.full_tensor() if hasattr(x, "full_tensor") else x).detach().cpu().clone()
+        full_model = {n: self._full_cpu(x) for n, x in self.model.state_dict().items()}
         ema = dict(full_model)
-        for n, e in zip(names, self._full_state(self.ema)):
-            ema[n] = e.to(full_model[n].dtype)
+        for n, e in zip(names, self.ema):
+            ema[n] = self._full_cpu(e).to(full_model[n].dtype)
         return full_model, ema
 
     def _optimizer_state(self) -> dict:
