@@ -32,6 +32,10 @@ struct AttentionParams {
   void* grad_q = nullptr;
   void* grad_k = nullptr;
   void* grad_v = nullptr;
+  // CUDA backward workspaces (fp32): delta [batch, q_heads, q_len] = rowsum(grad_out * out), and the
+  // dq accumulator [batch, q_len, q_heads, head_dim], zeroed by the caller
+  float* delta = nullptr;
+  float* dq_accum = nullptr;
 };
 
 }  // namespace lumina
