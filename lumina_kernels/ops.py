@@ -217,8 +217,20 @@ def _attn_tables_fit_kernel(inputs: dict) -> str | None:
     return None
 
 
-def _attn_no_cuda_kernel(inputs: dict) -> str | None:
-    return "the CUDA attention kernels are not written yet"
+# Head dims with a compiled CUDA kernel (csrc/gen_instances.py HEAD_DIMS); others run on torch SDPA.
+CUDA_HEAD_DIMS = (64, 72, 96, 128)
+
+
+def _attn_fits_cuda_kernel(inputs: dict) -> str | None:
+    q = inputs["x"]
+    if q.dtype not in (torch.bfloat16, torch.float16):
+        return f"q has dtype {q.dtype}: the CUDA kernel is bf16/fp16 on tensor cores (torch SDPA takes float32)"
+    if q.shape[3] not in CUDA_HEAD_DIMS:
+        return f"head dim {q.shape[3]} has no compiled CUDA kernel (compiled: {', '.join(map(str, CUDA_HEAD_DIMS))})"
+    major, minor = torch.cuda.get_device_capability(q.device)
+    if major < 8:
+        return f"compute capability {major}.{minor} < 8.0: the kernel uses bf16 mma.sync (Ampere or newer)"
+    return _attn_tables_fit_kernel(inputs)
 
 
 # CPU choice between the C++ kernel and torch SDPA (its CPU flash kernel) after lumina's RoPE op, measured
@@ -270,7 +282,8 @@ def _attn_sdpa_check(inputs: dict) -> str | None:
 _attn_dispatch = dispatch.register(
     "attention",
     [
-        dispatch.Backend("cuda", dispatch.compiled_backend("cuda", _attn_no_cuda_kernel), "lumina CUDA kernel"),
+        dispatch.Backend("cuda", dispatch.compiled_backend("cuda", _attn_fits_cuda_kernel),
+                         "lumina CUDA flash kernel (RoPE fused, GQA in place, exact head dim)"),
         dispatch.Backend("cpu", dispatch.compiled_backend("cpu", _attn_tables_fit_kernel, _attn_cpu_slower),
                          "lumina C++ kernel (tiled, online softmax, RoPE fused)"),
         dispatch.Backend("sdpa", _attn_sdpa_check, "torch scaled_dot_product_attention after lumina apply_rope"),

@@ -73,4 +73,68 @@ int lumina_emulate_attention(int backward, int bf16, const int64_t* sizes, float
   return 0;
 }
 
+// Kernels with a deliberate defect, each of which the emulator must report: 1 a shared-memory race,
+// 2 a deadlock at a barrier, 3 a divergent warp, 4 a read of uninitialised shared memory.
+int lumina_emulate_selftest(int which, char* err, int err_len) {
+  try {
+    emu::run_grid(1, 1, 1, 64, 256, [which](char* smem) {
+      const int t = thread_id();
+      float* f = reinterpret_cast<float*>(smem);
+      if (which == 1) {
+        st_shared(f + t, 1.f);
+        sync_block();
+        if (t == 0) st_shared(f + 1, 2.f);
+        if (t == 33) (void)ld_shared<float>(f + 1);
+      } else if (which == 2) {
+        if (t < 32) sync_block();
+      } else if (which == 3) {
+        if (t < 64) (void)shfl_xor(1.f, t % 32 < 16 ? 1 : 2);
+      } else if (which == 4) {
+        (void)ld_shared<float>(f + t);
+      }
+    }, 7);
+  } catch (const std::exception& e) {
+    std::strncpy(err, e.what(), static_cast<size_t>(err_len) - 1);
+    err[err_len - 1] = 0;
+    return 1;
+  }
+  return 0;
+}
+
+// One warp: a (16x16) @ b (16x8) in bf16 through ldmatrix and mma, written out through the C layout:
+// c16 with b stored [n][k] (ldmatrix), c16t with b stored [k][n] (ldmatrix.trans), c8 = a[:, :8] @ b[:8].
+int lumina_emulate_mma_selftest(const uint16_t* a, const uint16_t* b, float* c16, float* c8, float* c16t) {
+  try {
+    emu::run_grid(1, 1, 1, 32, 16 * 16 * 2 + 2 * 16 * 8 * 2, [&](char* smem) {
+      const int lane = thread_id(), g = lane / 4, t = lane % 4;
+      char* sA = smem;                 // [16][16]
+      char* sBnk = smem + 512;         // [8 n][16 k]
+      char* sBkn = smem + 512 + 256;   // [16 k][8 n]
+      for (int i = lane; i < 256; i += 32) st_shared(sA + 2 * i, a[i]);
+      for (int i = lane; i < 128; i += 32) {
+        const int k = i / 8, n = i % 8;
+        st_shared(sBkn + 2 * i, b[i]);
+        st_shared(sBnk + 2 * (n * 16 + k), b[i]);
+      }
+      sync_block();
+      uint32_t fa[4], fa8[2], fb[2], fbt[2];
+      ldsm_x4(fa, sA + 2 * ((lane % 16) * 16 + (lane / 16) * 8));
+      ldsm_x2(fa8, sA + 2 * ((lane % 16) * 16));
+      ldsm_x2(fb, sBnk + 2 * ((lane % 8) * 16 + ((lane / 8) % 2) * 8));
+      ldsm_x2_t(fbt, sBkn + 2 * ((lane % 16) * 8));
+      float d16[4] = {0, 0, 0, 0}, d8[4] = {0, 0, 0, 0}, d16t[4] = {0, 0, 0, 0};
+      Mma<bf16_t>::k16(d16, fa, fb[0], fb[1]);
+      Mma<bf16_t>::k8(d8, fa8, fb[0]);
+      Mma<bf16_t>::k16(d16t, fa, fbt[0], fbt[1]);
+      for (int e = 0; e < 4; ++e) {
+        const int row = g + 8 * (e / 2), col = 2 * t + (e % 2);
+        c16[row * 8 + col] = d16[e], c8[row * 8 + col] = d8[e], c16t[row * 8 + col] = d16t[e];
+      }
+    }, 3);
+  } catch (const std::exception&) {
+    return 1;
+  }
+  return 0;
+}
+
 }  // extern "C"

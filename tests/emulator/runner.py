@@ -102,3 +102,22 @@ def attention_bwd(grad_out, q, k, v, out, lse, q_freqs=None, k_freqs=None, key_p
     _call(True, q, k, v, q_freqs, k_freqs, key_padding_mask, scale, out.contiguous(), lse.contiguous(),
           grad_out.contiguous(), grads, delta, dq_accum, seed=seed)
     return grads
+
+
+def selftest(case: int) -> None:
+    """Runs a kernel with a deliberate defect (1 race, 2 deadlock, 3 divergence, 4 uninitialised read);
+    raises RuntimeError with the emulator's report."""
+    err = ctypes.create_string_buffer(512)
+    if library().lumina_emulate_selftest(ctypes.c_int(case), err, ctypes.c_int(len(err))) != 0:
+        raise RuntimeError(err.value.decode())
+
+
+def mma_selftest(a: torch.Tensor, b: torch.Tensor):
+    """(a @ b via ldmatrix + mma.m16n8k16, a[:, :8] @ b[:8] via m16n8k8, a @ b with ldmatrix.trans) for
+    bf16 a (16, 16) and b (16, 8), as float32 (16, 8)."""
+    a16 = a.contiguous().view(torch.int16)
+    b16 = b.contiguous().view(torch.int16)
+    outs = [torch.zeros(16, 8) for _ in range(3)]
+    if library().lumina_emulate_mma_selftest(_ptr(a16), _ptr(b16), *(_ptr(o) for o in outs)) != 0:
+        raise RuntimeError("mma self-test kernel failed")
+    return tuple(outs)
