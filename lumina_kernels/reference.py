@@ -56,7 +56,7 @@ def gated_rms_norm_residual(residual: Tensor, y: Tensor, weight: Tensor, gate: T
 def apply_rope(x: Tensor, freqs_cis: Tensor, inverse: bool = False) -> Tensor:
     """Rotate pairs (x[..., 2i], x[..., 2i+1]) of x (B, L, H, D) by freqs_cis (L, D/2) or (B, L, D/2)."""
     ct = _compute_dtype(x)
-    x0, x1 = x.to(ct).reshape(*x.shape[:-1], -1, 2).unbind(-1)  # each (B, L, H, D/2)
+    x0, x1 = x.to(ct).reshape(*x.shape[:-1], x.shape[-1] // 2, 2).unbind(-1)  # each (B, L, H, D/2)
     f = freqs_cis.unsqueeze(-2)  # (L, 1, D/2) or (B, L, 1, D/2): the same rotation for every head
     cos, sin = f.real.to(ct), f.imag.to(ct)
     if inverse:

@@ -13,6 +13,7 @@ from lumina_kernels import reference
 from lumina_kernels.testing import assert_within_reference_error, rope_table
 
 from conftest import device_params
+from lumina_kernels.ops import CUDA_HEAD_DIMS, _attn_fits_cuda_kernel
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 needs_ext = pytest.mark.skipif(lk.LOAD_ERROR is not None, reason=f"extension not loaded: {lk.LOAD_ERROR}")
@@ -81,7 +82,7 @@ def _check_forward(shape, dtype, device, rope, per_batch, mask, scale=None):
     s = 1 / math.sqrt(D) if scale is None else scale
     ref64, low = references(q, k, v, fq, fk, m, s)
     msg = f"{shape} {dtype} rope={rope} per_batch={per_batch} mask={mask}"
-    if device == "cpu":
+    if device == "cpu" or (dtype != torch.float32 and D in CUDA_HEAD_DIMS):  # the raw op where it has a kernel
         out, lse = torch.ops.lumina.attention_fwd(q, k, v, fq, fk, m, s)
         assert_within_reference_error(out, ref64, low, msg=msg + " raw op")
         assert lse.shape == (B, Hq, Lq) and lse.dtype == torch.float32
@@ -202,6 +203,38 @@ def test_cpu_path_choice_is_explained():
     assert d.backend == "reference" and "float64" in dict(d.verdicts)["cpu"]
     f = rope_table(97, 72).requires_grad_(True)
     assert "learned" in dict(lk.explain("attention", qs, ks, ks, q_freqs=f).verdicts)["cpu"]
+
+
+def test_cuda_path_refusals_are_explained():
+    # checked before any device query, so they run without a GPU (meta tensors)
+    def reason(dtype, D):
+        return _attn_fits_cuda_kernel({"x": torch.empty(1, 4, 2, D, dtype=dtype, device="meta"), "q_freqs": None,
+                                       "k_freqs": None})
+    assert "bf16/fp16" in reason(torch.float32, 72)
+    assert "head dim 80 has no compiled CUDA kernel" in reason(torch.bfloat16, 80)
+    assert "64, 72, 96, 128" in reason(torch.float16, 48)
+
+
+@needs_ext
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU")
+def test_cuda_kernel_is_chosen_and_refuses_bad_input():
+    q, k = torch.randn(2, 97, 8, 72, device="cuda", dtype=torch.bfloat16), torch.randn(2, 97, 2, 72, device="cuda",
+                                                                                        dtype=torch.bfloat16)
+    assert lk.explain("attention", q, k, k).backend == "cuda"
+    d = lk.explain("attention", q[..., :40].contiguous(), k[..., :40].contiguous(), k[..., :40].contiguous())
+    assert d.backend == "sdpa" and "head dim 40" in dict(d.verdicts)["cuda"]
+    with pytest.raises(RuntimeError, match="head dims 64, 72, 96 and 128"):
+        torch.ops.lumina.attention_fwd(q[..., :40].contiguous(), k[..., :40].contiguous(), k[..., :40].contiguous(),
+                                       None, None, None, 0.1)
+    with pytest.raises(RuntimeError, match="bfloat16 or float16"):
+        torch.ops.lumina.attention_fwd(q.float(), k.float(), k.float(), None, None, None, 0.1)
+    # a contiguous input that starts off a 16-byte boundary is copied, not misread
+    big = torch.randn(2 * 97 * 8 * 72 + 1, device="cuda", dtype=torch.bfloat16)
+    qo = big[1:].view(2, 97, 8, 72)
+    out = torch.ops.lumina.attention_fwd(qo, k, k, None, None, None, 0.1)[0]
+    want = reference.attention(qo.double(), k.double(), k.double(), softmax_scale=0.1)
+    assert_within_reference_error(out, want, reference.attention(qo, k, k, softmax_scale=0.1, upcast=False))
 
 
 @needs_ext

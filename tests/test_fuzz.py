@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 import lumina_kernels as lk
 from lumina_kernels import reference
-from lumina_kernels.testing import assert_close, rope_table
+from lumina_kernels.testing import assert_close, assert_within_reference_error, rope_table
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16, torch.float64]
 LAYOUTS = ["contiguous", "strided", "transposed", "offset"]
@@ -96,3 +96,48 @@ def test_fuzz_rope(shape, dtype, layout, per_batch, table_len, inverse, seed):
         return
     assert D % 2 == 0 and not table_len, "invalid input accepted"
     assert_close(out, reference.apply_rope(x, f, inverse), msg=f"{shape} {dtype} {layout}")
+
+
+@FUZZ
+@given(
+    B=st.integers(1, 2),
+    Lq=st.integers(1, 70),
+    Lk=st.integers(0, 70),
+    Hkv=st.integers(1, 3),
+    group=st.integers(1, 4),
+    D=st.sampled_from([2, 8, 14, 64, 72, 80, 96, 128]),
+    dtype=st.sampled_from(DTYPES),
+    layouts=st.tuples(*[st.sampled_from(LAYOUTS)] * 3),
+    rope=st.sampled_from(["both", "q", "none", "per_batch"]),
+    masked=st.booleans(),
+    wrong=st.sampled_from([None, "heads", "q_freqs", "k_dtype", "mask_shape"]),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_fuzz_attention(B, Lq, Lk, Hkv, group, D, dtype, layouts, rope, masked, wrong, seed):
+    Hq = Hkv * group + (1 if wrong == "heads" and Hkv > 1 else 0)
+    q = materialise((B, Lq, Hq, D), dtype, layouts[0], seed)
+    k = materialise((B, Lk, Hkv, D), torch.float32 if wrong == "k_dtype" and dtype != torch.float32 else dtype,
+                    layouts[1], seed + 1)
+    v = materialise((B, Lk, Hkv, D), dtype, layouts[2], seed + 2)
+    g = torch.Generator().manual_seed(seed)
+    per_batch = B if rope == "per_batch" else None
+    fq = rope_table(Lq + (wrong == "q_freqs"), D, batch=per_batch, generator=g) if rope != "none" else None
+    fk = rope_table(Lk, D, batch=per_batch, generator=g) if rope in ("both", "per_batch") else None
+    mask = None
+    if masked or wrong == "mask_shape":
+        mask = torch.rand(B, Lk + (wrong == "mask_shape"), generator=g) > 0.3
+    bad = {None: False, "heads": Hkv > 1, "q_freqs": rope != "none", "k_dtype": dtype != torch.float32,
+           "mask_shape": True}[wrong]
+    try:
+        out = lk.attention(q, k, v, q_freqs=fq, k_freqs=fk, key_padding_mask=mask)
+    except ValueError as err:
+        assert bad, f"valid input refused: {err}"
+        check_value_error(err)
+        return
+    assert not bad, f"bad input ({wrong}) accepted"
+    ref64 = reference.attention(q.double(), k.double(), v.double(), fq, fk, mask)
+    if dtype == torch.float64:
+        torch.testing.assert_close(out, ref64)
+        return
+    low = reference.attention(q, k, v, fq, fk, mask, upcast=False)
+    assert_within_reference_error(out, ref64, low, msg=f"{(B, Lq, Lk, Hq, Hkv, D)} {dtype} {layouts} {rope}")
