@@ -18,7 +18,7 @@
 #   PYTHON           interpreter (default python3)
 #   LUMINA_WHEELS    folder of wheels for pytest / pytest-benchmark / hypothesis and their needs, used
 #                    only for the missing ones (default .wheels in the repository root)
-#   T_BUILD T_INFO T_TESTS T_BENCH   per-step timeouts in seconds (default 210 30 90 150)
+#   T_BUILD T_INFO T_TESTS T_BENCH   per-step timeouts in seconds (default 240 30 100 180)
 #   SKIP_BUILD=1     use the lumina_kernels already importable (no pip install -e)
 #   BENCH_ARGS       extra pytest arguments for (e), e.g. "-k 'not compiled'"
 set -u -o pipefail
@@ -29,10 +29,10 @@ OUT=${OUT:-$ROOT/device_out}
 mkdir -p "$OUT" || exit 2
 PY=${PYTHON:-python3}
 WHEELS=${LUMINA_WHEELS:-$ROOT/.wheels}
-T_BUILD=${T_BUILD:-210}
+T_BUILD=${T_BUILD:-240}
 T_INFO=${T_INFO:-30}
-T_TESTS=${T_TESTS:-90}
-T_BENCH=${T_BENCH:-150}
+T_TESTS=${T_TESTS:-100}
+T_BENCH=${T_BENCH:-180}
 export PYTHONUNBUFFERED=1
 export PYTHONDONTWRITEBYTECODE=1
 

@@ -3,9 +3,11 @@
     python benchmarks/summarize.py bench.json [--device cuda] [--out summary.md]
 
 One row per benchmark, grouped by (op, pass, device, dtype, shape): implementation, timing mode,
-median time, GB/s (bytes of the op's byte model over the median), % of the GB/s of the `copy`
-benchmark in the same group (a device-to-device copy of the same bytes, measured in the same run;
-"-" where the group has none, e.g. on CPU), and speed-up over the reference (x ref).
+median time, GB/s (bytes of the op's byte model over the median), TFLOP/s (useful FLOPs over the
+median, where the benchmark counts them), % of the GB/s of the `copy` benchmark in the same group (a
+device-to-device copy of the same bytes, measured in the same run; "-" where the group has none,
+e.g. on CPU), speed-up over the reference (x ref) and, for lumina's rows, over the fastest peer of the
+group (x peer: benchmarks with extra_info["peer"], e.g. each torch SDPA backend).
 """
 from __future__ import annotations
 
@@ -49,8 +51,8 @@ def summarize(data: dict, device: str | None = None) -> str:
     lines.append(f"torch {mi.get('torch', '?')}, {mi.get('cpu', {}).get('brand_raw', mi.get('processor', '?'))}"
                  + (f", {gpu}" if gpu else "") + f", {data.get('datetime', '')}")
     lines.append("")
-    lines.append("| group | impl | timing | median | GB/s | TFLOP/s | % copy | x ref |")
-    lines.append("| --- | --- | --- | ---: | ---: | ---: | ---: | ---: |")
+    lines.append("| group | impl | timing | median | GB/s | TFLOP/s | % copy | x ref | x peer |")
+    lines.append("| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
     for g in sorted(groups, key=_group_key):
         rows = groups[g]
 
@@ -67,21 +69,28 @@ def summarize(data: dict, device: str | None = None) -> str:
         copy_gbs = gbs(by_impl["copy"]) if "copy" in by_impl else None
         ref = by_impl.get("reference", by_impl.get("diffusers"))  # e2e groups compare against diffusers
         ref_t = median(ref) if ref is not None else None
+        peers = [median(b) for b in rows if b.get("extra_info", {}).get("peer")]
+        peer_t = min(peers) if peers else None
         rows.sort(key=lambda b: (IMPL_ORDER.get(b.get("extra_info", {}).get("impl"), 9), b["name"]))
         for i, b in enumerate(rows):
             info = b.get("extra_info", {})
             impl = info.get("impl", b["name"])
             if info.get("backend") and info.get("device") and info["backend"] != info["device"]:
-                impl += f" (ran {info['backend']}!)"  # e.g. a build without CUDA kernels
+                # on CUDA a sign of a build without CUDA kernels; on CPU the dispatcher's measured choice
+                impl += f" (ran {info['backend']}{'!' if info['device'] == 'cuda' else ''})"
             rate = gbs(b)
             pct = f"{100 * rate / copy_gbs:.0f}%" if (copy_gbs and rate is not None) else "-"
             xref = f"{ref_t / median(b):.2f}" if (ref_t and info.get("impl") not in ("copy", "gemm")) else "-"
             tflops = f"{info['flops'] / median(b) / 1e12:.3f}" if "flops" in info else "-"
+            xpeer = (f"{peer_t / median(b):.2f}" if (peer_t and str(info.get("impl", "")).startswith("lumina"))
+                     else "-")
+            if info.get("gqa") == "expanded":
+                impl += " (K/V expanded)"
             timing = info.get("timing", "")
             if timing.startswith("eager (graph capture failed"):
                 timing = "eager*"
             lines.append(f"| {g if i == 0 else ''} | {impl} | {timing} | {_time(median(b))} | "
-                         f"{'-' if rate is None else f'{rate:.1f}'} | {tflops} | {pct} | {xref} |")
+                         f"{'-' if rate is None else f'{rate:.1f}'} | {tflops} | {pct} | {xref} | {xpeer} |")
     notes = sorted({f"{b['name']}: {b['extra_info']['timing']}" for r in groups.values() for b in r
                     if str(b.get("extra_info", {}).get("timing", "")).startswith("eager (graph capture failed")})
     if notes:
