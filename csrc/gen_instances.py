@@ -16,6 +16,10 @@ KERNELS = {
         ("norm_bwd", "norm_kernel.cuh", "launch_rms_norm_bwd_cuda", "RmsNormBwdParams"),
     ],
     "rope": [("rope", "rope_kernel.cuh", "launch_rope_cuda", "RopeParams")],
+    "merge": [
+        ("merge_fwd", "merge_kernel.cuh", "launch_merge_fwd_cuda", "MergeParams"),
+        ("merge_bwd", "merge_kernel.cuh", "launch_merge_bwd_cuda", "MergeParams"),
+    ],
 }
 # families whose launchers also take the head dim: one file per (kernel, element type, head dim);
 # fp32 has no tensor-core path and is not instantiated

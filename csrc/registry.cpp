@@ -26,6 +26,14 @@ TORCH_LIBRARY(lumina, m) {
         " Tensor? k_freqs, Tensor? key_padding_mask, float softmax_scale) -> (Tensor grad_q, Tensor grad_k,"
         " Tensor grad_v)",
         {at::Tag::pt2_compliant_tag});
+  // Context drop: average tokens of x (batch, tokens, ...) laid out row-major on grid (h, w) or (frames, h, w)
+  // over cells of `factor` (ceil-divided: edge cells are partial); mask (batch, tokens) bool leaves tokens out.
+  // out (batch, cells, ...) in x's dtype; count (batch, cells) fp32 = tokens averaged (0: the cell is empty).
+  m.def("merge_tokens(Tensor x, Tensor? mask, int[] grid, int[] factor) -> (Tensor out, Tensor count)",
+        {at::Tag::pt2_compliant_tag});
+  // Gradient of merge_tokens with respect to x: each token gets its cell's gradient / count (0 if masked).
+  m.def("merge_tokens_backward(Tensor grad_out, Tensor? mask, Tensor count, int[] grid, int[] factor) -> Tensor",
+        {at::Tag::pt2_compliant_tag});
   // What this build holds: backends, CUDA archs, compiler.
   m.def("build_info() -> str", &lumina::build_info);
 }

@@ -6,6 +6,7 @@
     x = lk.gated_rms_norm_residual(x, attn, weight, gate)    # residual + tanh(gate) * rms_norm(attn)
     q = lk.apply_rope(q, freqs_cis)                          # q (B, L, H, D), freqs_cis complex64 (L, D/2)
     o = lk.attention(q, k, v, q_freqs=f, k_freqs=f)          # q (B, L, Hq, D), k/v (B, L, Hkv, D): RoPE + GQA fused
+    k2, n = lk.merge_tokens(k, (h, w), 2, mask)              # context drop: average 2x2 cells of the token grid
     print(lk.explain("fused_rms_norm", x, weight))           # which backend runs, and why not the others
 
 Every op runs on the compiled CUDA kernel, the compiled C++ CPU kernel or its PyTorch reference
@@ -14,7 +15,7 @@ Every op runs on the compiled CUDA kernel, the compiled C++ CPU kernel or its Py
 from . import reference
 from ._ext import BUILD_INFO, HAS_CPU_KERNELS, HAS_CUDA_KERNELS, LOAD_ERROR
 from .dispatch import explain
-from .ops import apply_rope, attention, gated_rms_norm_residual, modulated_rms_norm, rms_norm
+from .ops import apply_rope, attention, gated_rms_norm_residual, merge_tokens, modulated_rms_norm, rms_norm
 
 __all__ = [
     "rms_norm",
@@ -22,6 +23,7 @@ __all__ = [
     "gated_rms_norm_residual",
     "apply_rope",
     "attention",
+    "merge_tokens",
     "explain",
     "reference",
     "BUILD_INFO",

@@ -13,7 +13,7 @@ from torch import Tensor
 
 from . import _ext, dispatch, reference
 
-__all__ = ["rms_norm", "modulated_rms_norm", "gated_rms_norm_residual", "apply_rope", "attention"]
+__all__ = ["rms_norm", "modulated_rms_norm", "gated_rms_norm_residual", "apply_rope", "attention", "merge_tokens"]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -392,6 +392,69 @@ def attention(
 # ----------------------------------------------------------------------------------------------
 # fake kernels and autograd of the compiled ops
 # ----------------------------------------------------------------------------------------------
+# token merging (context drop)
+# ----------------------------------------------------------------------------------------------
+def _merge_inputs(x, grid, factor, mask=None):
+    return {"x": x}
+
+
+_merge_dispatch = dispatch.register(
+    "merge_tokens",
+    [
+        dispatch.Backend("cuda", dispatch.compiled_backend("cuda"), "lumina CUDA kernel"),
+        dispatch.Backend("cpu", dispatch.compiled_backend("cpu"), "lumina C++ kernel"),
+    ],
+    _merge_inputs,
+)
+
+
+def _axes(v: object, name: str, n: int | None = None) -> tuple[int, ...]:
+    if isinstance(v, int) and not isinstance(v, bool):
+        v = (v,) * (n or 1)
+    try:
+        t = tuple(v)  # type: ignore[arg-type]
+    except TypeError:
+        raise ValueError(f"`{name}` must be a tuple of ints, got {v!r}") from None
+    if not all(isinstance(a, int) and not isinstance(a, bool) and a >= 1 for a in t):
+        raise ValueError(f"`{name}` entries must be ints >= 1, got {v!r}")
+    return t
+
+
+def merge_tokens(x: Tensor, grid, factor, mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """Average-pool tokens on their spatial grid (context drop).
+
+    x: (B, L, ...) e.g. (B, L, H, D), tokens row-major on `grid` = (h, w) or (frames, h, w), prod(grid) == L.
+    factor: the cell size per axis (an int for every axis). A factor that does not divide the grid leaves
+    partial cells on the far edges, which average the tokens they hold (documented edge pooling, never an
+    error). mask: (B, L) bool, False tokens are left out of the averages. Returns (out (B, cells, ...) in x's
+    dtype, count (B, cells) float32, the number of tokens averaged: 0 marks an empty cell, whose output is 0).
+    Differentiable in x.
+    """
+    _tensor(x, "x")
+    if x.dim() < 3:
+        raise ValueError(f"`x` must be (batch, tokens, ...) e.g. (batch, tokens, heads, head_dim), got shape {tuple(x.shape)}")
+    g = _axes(grid, "grid")
+    if len(g) not in (2, 3):
+        raise ValueError(f"`grid` must be (h, w) or (frames, h, w), got {grid!r}")
+    f = _axes(factor, "factor", len(g))
+    if len(f) != len(g):
+        raise ValueError(f"`factor` must have one entry per axis of `grid` {g}, got {factor!r}")
+    if math.prod(g) != x.shape[1]:
+        raise ValueError(f"`grid` {g} holds {math.prod(g)} tokens but `x` has {x.shape[1]}")
+    if mask is not None:
+        _tensor(mask, "mask", floating=False)
+        if mask.dtype != torch.bool:
+            raise ValueError(f"`mask` must be a bool tensor (True = keep), got dtype {mask.dtype}")
+        _same_device(mask, "mask", x, "x")
+        if tuple(mask.shape) != tuple(x.shape[:2]):
+            raise ValueError(f"`mask` must have shape (batch, tokens) = {tuple(x.shape[:2])}, got {tuple(mask.shape)}")
+    backend = _merge_dispatch.decide(_merge_inputs(x, g, f, mask)).backend
+    if backend == "reference":
+        return reference.merge_tokens(x, g, f, mask)
+    return torch.ops.lumina.merge_tokens(x.contiguous(), None if mask is None else mask.contiguous(), list(g), list(f))
+
+
+# ----------------------------------------------------------------------------------------------
 if _ext.LOAD_ERROR is None:
 
     @torch.library.register_fake("lumina::fused_rms_norm")
@@ -474,3 +537,23 @@ if _ext.LOAD_ERROR is None:
 
     torch.library.register_autograd("lumina::attention_fwd", _attn_backward, setup_context=_attn_setup)
 
+    @torch.library.register_fake("lumina::merge_tokens")
+    def _(x, mask, grid, factor):
+        cells = math.prod(-(-g // k) for g, k in zip(grid, factor))
+        return x.new_empty((x.shape[0], cells, *x.shape[2:])), x.new_empty((x.shape[0], cells), dtype=torch.float32)
+
+    @torch.library.register_fake("lumina::merge_tokens_backward")
+    def _(grad_out, mask, count, grid, factor):
+        return grad_out.new_empty((grad_out.shape[0], math.prod(grid), *grad_out.shape[2:]))
+
+    def _merge_setup(ctx, inputs, output):
+        x, mask, grid, factor = inputs
+        ctx.grid, ctx.factor = list(grid), list(factor)
+        ctx.save_for_backward(mask, output[1])
+
+    def _merge_backward(ctx, grad_out, grad_count):
+        mask, count = ctx.saved_tensors
+        gx = torch.ops.lumina.merge_tokens_backward(grad_out.contiguous(), mask, count, ctx.grid, ctx.factor)
+        return gx, None, None, None
+
+    torch.library.register_autograd("lumina::merge_tokens", _merge_backward, setup_context=_merge_setup)

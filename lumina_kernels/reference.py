@@ -8,7 +8,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["fused_rms_norm", "rms_norm", "modulated_rms_norm", "gated_rms_norm_residual", "apply_rope", "attention"]
+__all__ = ["fused_rms_norm", "rms_norm", "modulated_rms_norm", "gated_rms_norm_residual", "apply_rope", "attention",
+           "merge_tokens", "merge_cells"]
 
 
 def _compute_dtype(x: Tensor) -> torch.dtype:
@@ -109,3 +110,35 @@ def attention(
         p = torch.softmax(s, dim=-1)
     out = torch.einsum("bhqk,bkhd->bqhd", p.to(ct), vc)
     return out.to(q.dtype)
+
+
+def merge_cells(grid, factor, device=None) -> tuple[Tensor, tuple[int, ...]]:
+    """(cell index of every token (prod(grid),), cells per axis) for a row-major grid tiled by `factor` cells
+    (ceil-divided: edge cells are partial). grid / factor: (h, w) or (frames, h, w)."""
+    axes = [torch.arange(g, device=device) // k for g, k in zip(grid, factor)]
+    cgrid = tuple(-(-g // k) for g, k in zip(grid, factor))
+    idx = torch.zeros((), dtype=torch.long, device=device)
+    for a, n in zip(axes, cgrid):  # row-major over the cell grid
+        idx = idx[..., None] * n + a
+    return idx.reshape(-1), cgrid
+
+
+def merge_tokens(x: Tensor, grid, factor, mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """Average tokens of x (B, L, ...) laid out row-major on `grid` over cells of `factor`.
+
+    grid (h, w) or (frames, h, w) with prod(grid) == L; factor the cell size per axis (edge cells hold fewer
+    tokens); mask (B, L) bool leaves tokens out of the averages. Returns (out (B, cells, ...) in x's dtype,
+    count (B, cells) float32: the tokens averaged, 0 for a cell with none, whose output is 0).
+    """
+    B, L = x.shape[:2]
+    cell, cgrid = merge_cells(grid, factor, x.device)
+    n_cells = 1
+    for c in cgrid:
+        n_cells *= c
+    ct = _compute_dtype(x)
+    w = torch.ones(B, L, dtype=ct, device=x.device) if mask is None else mask.to(ct)
+    xs = x.to(ct) * w.reshape(B, L, *([1] * (x.dim() - 2)))
+    total = xs.new_zeros(B, n_cells, *x.shape[2:]).index_add(1, cell, xs)
+    count = w.new_zeros(B, n_cells).index_add(1, cell, w)
+    out = total / count.clamp(min=1).reshape(B, n_cells, *([1] * (x.dim() - 2)))
+    return out.to(x.dtype), count.float()

@@ -1,0 +1,45 @@
+// CUDA registration of the token-merging ops: checks are shared with the CPU path (merge_host.cpp).
+#include <torch/library.h>
+
+#include "../cuda_host.h"
+#include "merge_cuda.h"
+#include "merge_host.h"
+
+namespace lumina {
+namespace {
+
+template <DType dt>
+struct Fwd {
+  static cudaError_t run(const MergeParams& p, cudaStream_t s) { return launch_merge_fwd_cuda<dt>(p, s); }
+};
+template <DType dt>
+struct Bwd {
+  static cudaError_t run(const MergeParams& p, cudaStream_t s) { return launch_merge_bwd_cuda<dt>(p, s); }
+};
+
+void launch_fwd(const MergeParams& p, DType dtype) {
+  check_launch(dispatch_cuda_dtype<Fwd>(dtype, p, c10::cuda::getCurrentCUDAStream().stream()), "merge_tokens");
+}
+void launch_bwd(const MergeParams& p, DType dtype) {
+  check_launch(dispatch_cuda_dtype<Bwd>(dtype, p, c10::cuda::getCurrentCUDAStream().stream()), "merge_tokens_backward");
+}
+
+std::tuple<at::Tensor, at::Tensor> merge_tokens_cuda(const at::Tensor& x, const std::optional<at::Tensor>& mask,
+                                                     at::IntArrayRef grid, at::IntArrayRef factor) {
+  const c10::cuda::CUDAGuard guard(x.device());
+  return merge_tokens_host(x, mask, grid, factor, launch_fwd);
+}
+at::Tensor merge_tokens_backward_cuda(const at::Tensor& grad_out, const std::optional<at::Tensor>& mask,
+                                      const at::Tensor& count, at::IntArrayRef grid, at::IntArrayRef factor) {
+  const c10::cuda::CUDAGuard guard(grad_out.device());
+  return merge_tokens_backward_host(grad_out, mask, count, grid, factor, launch_bwd);
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(lumina, CUDA, m) {
+  m.impl("merge_tokens", &merge_tokens_cuda);
+  m.impl("merge_tokens_backward", &merge_tokens_backward_cuda);
+}
+
+}  // namespace lumina

@@ -1,0 +1,75 @@
+// CUDA kernels of token merging (see merge_params.h): one thread per output element, consecutive
+// threads along the width so that every token row is read coalesced; sums in fp32.
+#pragma once
+#include "../cuda_utils.cuh"
+#include "merge_cuda.h"
+
+namespace lumina {
+namespace merge_impl {
+
+template <typename T>
+__global__ void __launch_bounds__(256) fwd_kernel(const MergeParams p) {
+  const T* x = static_cast<const T*>(p.x);
+  T* out = static_cast<T*>(p.out);
+  const int64_t W = p.width, total = p.batch * p.cells * W;
+  for (int64_t idx = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; idx < total;
+       idx += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t i = idx % W, bc = idx / W, b = bc / p.cells, c = bc % p.cells;
+    const int64_t cw = c % p.cgrid[2], ch = (c / p.cgrid[2]) % p.cgrid[1], cf = c / (p.cgrid[2] * p.cgrid[1]);
+    const int64_t f1 = min(p.grid[0], (cf + 1) * p.factor[0]), h1 = min(p.grid[1], (ch + 1) * p.factor[1]),
+                  w1 = min(p.grid[2], (cw + 1) * p.factor[2]);
+    float acc = 0.f;
+    int n = 0;
+    for (int64_t f = cf * p.factor[0]; f < f1; ++f)
+      for (int64_t h = ch * p.factor[1]; h < h1; ++h)
+        for (int64_t w = cw * p.factor[2]; w < w1; ++w) {
+          const int64_t t = (f * p.grid[1] + h) * p.grid[2] + w;
+          if (p.mask != nullptr && !p.mask[b * p.tokens + t]) continue;
+          acc += to_float(x[(b * p.tokens + t) * W + i]);
+          ++n;
+        }
+    out[idx] = from_float<T>(n > 0 ? acc * (1.f / static_cast<float>(n)) : 0.f);
+    if (i == 0) p.count[bc] = static_cast<float>(n);
+  }
+}
+
+template <typename T>
+__global__ void __launch_bounds__(256) bwd_kernel(const MergeParams p) {
+  const T* g = static_cast<const T*>(p.grad_out);
+  T* gx = static_cast<T*>(p.grad_x);
+  const int64_t W = p.width, total = p.batch * p.tokens * W;
+  for (int64_t idx = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; idx < total;
+       idx += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t i = idx % W, bt = idx / W, b = bt / p.tokens, t = bt % p.tokens;
+    const int64_t w = t % p.grid[2], h = (t / p.grid[2]) % p.grid[1], f = t / (p.grid[2] * p.grid[1]);
+    const int64_t bc = b * p.cells + ((f / p.factor[0]) * p.cgrid[1] + h / p.factor[1]) * p.cgrid[2] + w / p.factor[2];
+    const float n = p.count[bc];
+    const bool live = (p.mask == nullptr || p.mask[bt]) && n > 0.f;
+    gx[idx] = from_float<T>(live ? to_float(g[bc * W + i]) * (1.f / n) : 0.f);
+  }
+}
+
+template <typename Kernel>
+cudaError_t launch(Kernel kernel, const MergeParams& p, int64_t total, cudaStream_t stream) {
+  const int threads = 256;
+  const int64_t max_blocks = static_cast<int64_t>(num_sms()) * 32;
+  const int64_t blocks = (total + threads - 1) / threads;
+  kernel<<<static_cast<unsigned>(blocks < max_blocks ? blocks : max_blocks), threads, 0, stream>>>(p);
+  return cudaGetLastError();
+}
+
+}  // namespace merge_impl
+
+template <DType dt>
+cudaError_t launch_merge_fwd_cuda(const MergeParams& p, cudaStream_t stream) {
+  using T = typename CudaType<dt>::type;
+  return merge_impl::launch(merge_impl::fwd_kernel<T>, p, p.batch * p.cells * p.width, stream);
+}
+
+template <DType dt>
+cudaError_t launch_merge_bwd_cuda(const MergeParams& p, cudaStream_t stream) {
+  using T = typename CudaType<dt>::type;
+  return merge_impl::launch(merge_impl::bwd_kernel<T>, p, p.batch * p.tokens * p.width, stream);
+}
+
+}  // namespace lumina
