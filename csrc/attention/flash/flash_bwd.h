@@ -68,10 +68,10 @@ LUMINA_DEV void bwd_block(const AttentionParams& p, const float* delta, float* d
   const int col0 = n_block * G::kRows;
   const float scale_log2 = p.softmax_scale * kLog2e;
 
-  const T* k = static_cast<const T*>(p.k) + (static_cast<int64_t>(b) * Lk * Hkv + hk) * D;
-  const T* v = static_cast<const T*>(p.v) + (static_cast<int64_t>(b) * Lk * Hkv + hk) * D;
-  const float* qf = p.q_freqs ? p.q_freqs + (p.q_freqs_per_batch ? static_cast<int64_t>(b) * Lq * D : 0) : nullptr;
-  const float* kf = p.k_freqs ? p.k_freqs + (p.k_freqs_per_batch ? static_cast<int64_t>(b) * Lk * D : 0) : nullptr;
+  const T* k = head_rows<T, D>(p.k, b, Lk, Hkv, hk);
+  const T* v = head_rows<T, D>(p.v, b, Lk, Hkv, hk);
+  const float* qf = table_rows<D>(p.q_freqs, p.q_freqs_per_batch, b, Lq);
+  const float* kf = table_rows<D>(p.k_freqs, p.k_freqs_per_batch, b, Lk);
   const bool* mask = p.mask ? p.mask + static_cast<int64_t>(b) * Lk : nullptr;
 
   load_tile<T, D>(sK, k, static_cast<int64_t>(Hkv) * D, col0, Lk, kf);
@@ -87,8 +87,8 @@ LUMINA_DEV void bwd_block(const AttentionParams& p, const float* delta, float* d
   const int m_blocks = (Lq + G::kRows - 1) / G::kRows;
   for (int h = 0; h < group; ++h) {
     const int hq = hk * group + h;
-    const T* q = static_cast<const T*>(p.q) + (static_cast<int64_t>(b) * Lq * Hq + hq) * D;
-    const T* dout = static_cast<const T*>(p.grad_out) + (static_cast<int64_t>(b) * Lq * Hq + hq) * D;
+    const T* q = head_rows<T, D>(p.q, b, Lq, Hq, hq);
+    const T* dout = head_rows<T, D>(p.grad_out, b, Lq, Hq, hq);
     const float* lse = p.lse_saved + (static_cast<int64_t>(b) * Hq + hq) * Lq;
     const float* dl = delta + (static_cast<int64_t>(b) * Hq + hq) * Lq;
     for (int mb = 0; mb < m_blocks; ++mb) {

@@ -34,11 +34,11 @@ LUMINA_DEV void fwd_block(const AttentionParams& p, char* smem) {
   const int tid = thread_id(), warp = tid / 32, lane = tid % 32, g = lane / 4, t = lane % 4;
   const int row0 = m_block * G::kRows;
 
-  const T* q = static_cast<const T*>(p.q) + (static_cast<int64_t>(b) * Lq * Hq + hq) * D;
-  const T* k = static_cast<const T*>(p.k) + (static_cast<int64_t>(b) * Lk * Hkv + hk) * D;
-  const T* v = static_cast<const T*>(p.v) + (static_cast<int64_t>(b) * Lk * Hkv + hk) * D;
-  const float* qf = p.q_freqs ? p.q_freqs + (p.q_freqs_per_batch ? static_cast<int64_t>(b) * Lq * D : 0) : nullptr;
-  const float* kf = p.k_freqs ? p.k_freqs + (p.k_freqs_per_batch ? static_cast<int64_t>(b) * Lk * D : 0) : nullptr;
+  const T* q = head_rows<T, D>(p.q, b, Lq, Hq, hq);
+  const T* k = head_rows<T, D>(p.k, b, Lk, Hkv, hk);
+  const T* v = head_rows<T, D>(p.v, b, Lk, Hkv, hk);
+  const float* qf = table_rows<D>(p.q_freqs, p.q_freqs_per_batch, b, Lq);
+  const float* kf = table_rows<D>(p.k_freqs, p.k_freqs_per_batch, b, Lk);
   const bool* mask = p.mask ? p.mask + static_cast<int64_t>(b) * Lk : nullptr;
 
   load_tile<T, D>(sQ, q, static_cast<int64_t>(Hq) * D, row0, Lq, qf);

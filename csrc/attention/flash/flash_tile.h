@@ -26,6 +26,18 @@ struct Geometry {
   static constexpr int kStrideS = 72;               // [64][72] halves tile of probabilities (bwd)
 };
 
+// Row 0 of head h of sample b in a [batch, len, heads, D] tensor (rows are heads * D elements apart).
+template <typename T, int D>
+LUMINA_DEV const T* head_rows(const void* base, int b, int len, int heads, int h) {
+  return static_cast<const T*>(base) + (static_cast<int64_t>(b) * len * heads + h) * D;
+}
+
+// Row 0 of sample b's RoPE table ([batch or 1, len, D/2] complex as D floats per row), or null without one.
+template <int D>
+LUMINA_DEV const float* table_rows(const float* freqs, bool per_batch, int b, int len) {
+  return freqs ? freqs + (per_batch ? static_cast<int64_t>(b) * len * D : 0) : nullptr;
+}
+
 // Copies rows [row0, row0 + 64) of one head into a [64][kStride] tile. `src` points at row 0 of the
 // head, rows are `row_stride` elements apart; `freqs` (or null) at the RoPE table row of row 0
 // (head_dim floats per row). Rows at or past `len` are zero.
