@@ -15,7 +15,8 @@ import argparse
 import json
 import sys
 
-IMPL_ORDER = {"copy": 0, "lumina": 1, "lumina-eager": 2, "compiled": 3, "reference": 4}
+IMPL_ORDER = {"copy": 0, "lumina": 1, "lumina-eager": 2, "compiled": 3, "reference": 4,
+              "eager": 5, "graphs": 6, "drop": 7, "drop+graphs": 8}
 
 
 def _time(seconds: float) -> str:
@@ -67,7 +68,8 @@ def summarize(data: dict, device: str | None = None) -> str:
 
         by_impl = {b.get("extra_info", {}).get("impl", b["name"]): b for b in rows}
         copy_gbs = gbs(by_impl["copy"]) if "copy" in by_impl else None
-        ref = by_impl.get("reference", by_impl.get("diffusers"))  # e2e groups compare against diffusers
+        # e2e groups compare against diffusers, sampling groups against the eager sampler
+        ref = by_impl.get("reference", by_impl.get("diffusers", by_impl.get("eager")))
         ref_t = median(ref) if ref is not None else None
         peers = [median(b) for b in rows if b.get("extra_info", {}).get("peer")]
         peer_t = min(peers) if peers else None

@@ -46,6 +46,13 @@ def _generate_parser(sub) -> None:
     p.add_argument("--scale-watershed", type=float, default=None, help="time_aware switch time (default 0.3)")
     p.add_argument("--no-proportional-attn", dest="proportional_attn", action="store_false", default=None,
                    help="turn proportional attention off")
+    p.add_argument("--context-drop", default=None, metavar="SPEC",
+                   help="merge attention keys/values at noisy steps: a factor (2) or "
+                        "'factor=2,until=0.6,layers=2:-2,method=pool' ('off' = none; default: the model's)")
+    p.add_argument("--cuda-graphs", choices=["auto", "on", "off"], default="auto",
+                   help="replay each evaluation as a CUDA graph (auto: on for CUDA devices)")
+    p.add_argument("--compile", nargs="?", const="inductor", default=None, metavar="BACKEND",
+                   help="run the transformer under torch.compile (default backend inductor)")
     p.add_argument("-n", "--num-images", type=int, default=1, help="images per prompt")
     p.add_argument("--seed", type=int, default=None, help="random seed (the same image on every device)")
     p.add_argument("--dtype", choices=sorted(DTYPES), default=None,
@@ -94,7 +101,8 @@ def cmd_generate(args) -> int:
         solver=args.solver, schedule=args.schedule, shift=args.shift, schedule_params=schedule_params, cfg=args.cfg, cfg_channels=args.cfg_channels,
         cfg_renorm=args.cfg_renorm, cfg_truncation=args.cfg_truncation, rope_scaling=args.rope_scaling,
         scale_watershed=args.scale_watershed, proportional_attn=args.proportional_attn,
-        num_images_per_prompt=args.num_images, seed=args.seed, progress=args.progress,
+        context_drop=args.context_drop, cuda_graphs={"auto": None, "on": True, "off": False}[args.cuda_graphs],
+        compile=args.compile or False, num_images_per_prompt=args.num_images, seed=args.seed, progress=args.progress,
     )
     for img, path in zip(images, paths):
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field, replace
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -15,6 +16,7 @@ from torch import Tensor, nn
 
 import lumina_kernels as lk
 
+from .context_drop import ContextDropLayer
 from .rope import RopeScaling, rope_2d
 
 
@@ -143,15 +145,18 @@ class Attention(nn.Module):
         self.q_norm, self.k_norm, self.ky_norm = norm(d), norm(kvd), norm(kvd)
 
     def forward(self, x: Tensor, x_mask: Tensor, freqs_cis: Tensor, y: Tensor, y_mask: Tensor,
-                softmax_scale: float | None) -> Tensor:
+                softmax_scale: float | None, merge: ContextDropLayer | None = None) -> Tensor:
         B, L, _ = x.shape
         H, KV, hd = self.n_heads, self.n_kv, self.head_dim
         q = self.q_norm(self.wq(x)).view(B, L, H, hd)
         k = self.k_norm(self.wk(x)).view(B, L, KV, hd)
         v = self.wv(x).view(B, L, KV, hd)
-        # self-attention: RoPE on q and k inside the op, GQA without K/V copies, padded image tokens masked
-        out = lk.attention(q, k, v, q_freqs=freqs_cis, k_freqs=freqs_cis, key_padding_mask=x_mask,
-                           softmax_scale=softmax_scale)  # (B, L, H, hd)
+        if merge is None:
+            # self-attention: RoPE on q and k inside the op, GQA without K/V copies, padded image tokens masked
+            out = lk.attention(q, k, v, q_freqs=freqs_cis, k_freqs=freqs_cis, key_padding_mask=x_mask,
+                               softmax_scale=softmax_scale)  # (B, L, H, hd)
+        else:
+            out = merge.attend(q, k, v, freqs_cis, x_mask, softmax_scale)  # context drop: merged keys/values
         Ly = y.shape[1]
         yk = self.ky_norm(self.wk_y(y)).view(B, Ly, KV, hd)
         yv = self.wv_y(y).view(B, Ly, KV, hd)
@@ -189,10 +194,10 @@ class TransformerBlock(nn.Module):
         self.eps = eps
 
     def forward(self, x: Tensor, x_mask: Tensor, freqs_cis: Tensor, y: Tensor, y_mask: Tensor, c: Tensor,
-                softmax_scale: float | None) -> Tensor:
+                softmax_scale: float | None, merge: ContextDropLayer | None = None) -> Tensor:
         scale_msa, gate_msa, scale_mlp, gate_mlp = self.adaLN_modulation(c).chunk(4, dim=1)  # each (B, dim)
         h = lk.modulated_rms_norm(x, self.attention_norm1.weight, scale_msa, self.eps)
-        attn = self.attention(h, x_mask, freqs_cis, self.attention_y_norm(y), y_mask, softmax_scale)
+        attn = self.attention(h, x_mask, freqs_cis, self.attention_y_norm(y), y_mask, softmax_scale, merge)
         x = lk.gated_rms_norm_residual(x, attn, self.attention_norm2.weight, gate_msa, self.eps)
         h = self.feed_forward(lk.modulated_rms_norm(x, self.ffn_norm1.weight, scale_mlp, self.eps))
         return lk.gated_rms_norm_residual(x, h, self.ffn_norm2.weight, gate_mlp, self.eps)
@@ -208,6 +213,13 @@ class FinalLayer(nn.Module):
     def forward(self, x: Tensor, c: Tensor) -> Tensor:
         scale = self.adaLN_modulation(c)  # (B, dim)
         return self.linear(self.norm_final(x) * (1 + scale[:, None, :]))
+
+
+@torch.compiler.assume_constant_result
+def _rope_table(ht: int, wt: int, head_dim: int, theta: float, scaling: RopeScaling | None, t: float | None,
+                device: torch.device) -> Tensor:
+    """The (cached) 2D RoPE table, a constant for torch.compile (its arguments are host values)."""
+    return rope_2d(ht, wt, head_dim, theta, scaling, t, device=device)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -272,12 +284,13 @@ class NextDiT(nn.Module):
             ht, wt = H // p, W // p
             # (C, ht, p, wt, p) -> (ht, wt, C, p, p) -> (ht*wt, C*p*p): features in (C, pH, pW) order
             tokens.append(x.view(C, ht, p, wt, p).permute(1, 3, 0, 2, 4).reshape(ht * wt, C * p * p))
-            tables.append(rope_2d(ht, wt, cfg.head_dim, cfg.rope_theta, rope_scaling, t).to(x.device))
+            tables.append(_rope_table(ht, wt, cfg.head_dim, cfg.rope_theta, rope_scaling, t, x.device))
             sizes.append((H, W))
         lens = [tk.shape[0] for tk in tokens]
         L = max(lens)
         emb = self.x_embedder(torch.nn.utils.rnn.pad_sequence(tokens, batch_first=True))  # (B, L, dim)
-        mask = torch.arange(L, device=emb.device)[None, :] < torch.tensor(lens, device=emb.device)[:, None]
+        pos = torch.arange(L, device=emb.device)
+        mask = torch.stack([pos < n for n in lens])  # (B, L); no host-to-device copy (CUDA-graph capture)
         emb = torch.where(mask[..., None], emb, self.pad_token.to(emb.dtype))
         # padded tokens take the RoPE of the sample's last position
         freqs = torch.stack([torch.cat([f, f[-1:].expand(L - f.shape[0], -1)]) for f in tables])
@@ -294,9 +307,17 @@ class NextDiT(nn.Module):
 
     # -- forward ---------------------------------------------------------------------------------
     def forward(self, x: Tensor | list[Tensor], t: Tensor, cap_feats: Tensor, cap_mask: Tensor, *,
-                base_seq_len: int | None = None, rope_scaling: RopeScaling | None = None) -> Tensor | list[Tensor]:
+                base_seq_len: int | None = None, rope_scaling: RopeScaling | None = None,
+                context_drop: Sequence[int] | None = None, context_drop_method: str = "pool",
+                t_value: float | None = None) -> Tensor | list[Tensor]:
         """Velocity at (x, t). base_seq_len turns on proportional attention (scale sqrt(log_base(N) / head_dim),
-        N the number of image tokens); rope_scaling picks the RoPE extrapolation (see models/rope.py)."""
+        N the number of image tokens); rope_scaling picks the RoPE extrapolation (see models/rope.py).
+
+        context_drop: one merge factor per layer (1 = full attention; k >= 2 = the image self-attention of that
+        layer attends to keys/values merged over k x k cells, see models/context_drop.py), for a batch whose
+        images share one size; None (default) is the plain model. context_drop_method: "pool" or "tome".
+        t_value: the host value of t (all samples share it) for the time-aware RoPE scaling; given, the forward
+        never reads t back from the device (CUDA-graph capture), otherwise it reads t[0]."""
         cfg = self.config
         is_list = isinstance(x, (list, tuple))
         xs = list(x) if is_list else list(x.unbind(0)) if isinstance(x, Tensor) and x.dim() == 4 else None
@@ -313,8 +334,11 @@ class NextDiT(nn.Module):
                              f"got {tuple(cap_feats.shape)}")
         if cap_mask.shape != cap_feats.shape[:2]:
             raise ValueError(f"`cap_mask` must have shape {tuple(cap_feats.shape[:2])}, got {tuple(cap_mask.shape)}")
-        t_rope = float(t[0]) if rope_scaling is not None and rope_scaling.method != "none" else None
+        t_rope = None
+        if rope_scaling is not None and rope_scaling.method != "none":
+            t_rope = float(t[0]) if t_value is None else float(t_value)
         h, x_mask, freqs, sizes = self.patchify(xs, rope_scaling, t_rope)
+        merges = self._context_drop_layers(context_drop, context_drop_method, xs)
         dtype = self.x_embedder.weight.dtype
         cap_feats = cap_feats.to(dtype)
         cap_mask = cap_mask.bool()
@@ -327,14 +351,29 @@ class NextDiT(nn.Module):
             if base_seq_len < 2:
                 raise ValueError(f"`base_seq_len` must be >= 2, got {base_seq_len}")
             scale = math.sqrt(math.log(h.shape[1], base_seq_len) / cfg.head_dim)
-        for block in self.layers:
+        for block, merge in zip(self.layers, merges):
             if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
-                h = torch.utils.checkpoint.checkpoint(block, h, x_mask, freqs, cap_feats, cap_mask, c, scale,
+                h = torch.utils.checkpoint.checkpoint(block, h, x_mask, freqs, cap_feats, cap_mask, c, scale, merge,
                                                       use_reentrant=False)
             else:
-                h = block(h, x_mask, freqs, cap_feats, cap_mask, c, scale)
+                h = block(h, x_mask, freqs, cap_feats, cap_mask, c, scale, merge)
         out = self.unpatchify(self.final_layer(h, c), sizes)
         return out if is_list else torch.stack(out)
+
+    def _context_drop_layers(self, factors, method: str, xs: list[Tensor]) -> list[ContextDropLayer | None]:
+        """One ContextDropLayer (or None: full attention) per block from the per-layer factors."""
+        n = len(self.layers)
+        if factors is None:
+            return [None] * n
+        factors = list(factors)
+        if len(factors) != n or not all(isinstance(f, int) and not isinstance(f, bool) and f >= 1 for f in factors):
+            raise ValueError(f"`context_drop` must hold one int factor >= 1 per layer ({n}), got {factors!r}")
+        p = self.config.patch_size
+        grids = {(x.shape[-2] // p, x.shape[-1] // p) for x in xs}
+        if len(grids) != 1 and any(f > 1 for f in factors):
+            raise ValueError(f"`context_drop` needs images of one size in the batch, got patch grids {sorted(grids)}")
+        grid = grids.pop()
+        return [ContextDropLayer(f, grid, method) if f > 1 else None for f in factors]
 
     # -- checkpoints -----------------------------------------------------------------------------
     @classmethod

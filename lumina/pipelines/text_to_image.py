@@ -27,7 +27,8 @@ from ..models.lora import merge_lora
 from ..models.nextdit import NextDiT
 from ..models.rope import METHODS as ROPE_METHODS
 from ..models.rope import RopeScaling
-from ..sampling import SCHEDULES, SOLVERS, cfg_velocity, sample
+from ..sampling import SCHEDULES, SOLVERS, ContextDrop, GraphedVelocity, cfg_combine, sample
+from ..sampling.guidance import _check as _check_cfg
 from .encoders import LatentCodec, PixelCodec, TextEncoder, VAECodec, to_pil
 
 PIPELINE_CONFIG = "lumina_pipeline.json"
@@ -45,6 +46,7 @@ class GenerationDefaults:
     rope_scaling: str = "time_aware"
     scale_watershed: float = 0.3
     proportional_attn: bool = True
+    context_drop: str | None = None  # a lumina.sampling.ContextDrop spec, e.g. "factor=2,until=0.6"; None = off
 
 
 @dataclass
@@ -116,6 +118,7 @@ class LuminaPipeline:
         self.text_encoder = text_encoder
         self.codec = codec
         self.config = config or PipelineConfig()
+        self.last_run: dict = {}  # what the last __call__ used (see __call__)
         tcfg = transformer.config
         if text_encoder.dim != tcfg.cap_feat_dim:
             raise ValueError(f"text-feature dim mismatch: the text encoder gives {text_encoder.dim}-d features but "
@@ -206,6 +209,18 @@ class LuminaPipeline:
         return self.transformer.config.sample_size * self.codec.downscale
 
     # -- generation ------------------------------------------------------------------------------
+    def _transformer(self, compile: bool | str):
+        """The transformer, or its torch.compile'd version (compiled once per backend, kept)."""
+        if compile is False or compile is None:
+            return self.transformer
+        backend = "inductor" if compile is True else compile
+        if not isinstance(backend, str):
+            raise ValueError(f"`compile` must be a bool or a torch.compile backend name, got {compile!r}")
+        cache = self.__dict__.setdefault("_compiled", {})
+        if backend not in cache:
+            cache[backend] = torch.compile(self.transformer, backend=backend, dynamic=False)
+        return cache[backend]
+
     def check_size(self, height: int, width: int) -> None:
         m = self.multiple
         for name, v in (("height", height), ("width", width)):
@@ -239,6 +254,9 @@ class LuminaPipeline:
         rope_scaling: str | None = None,
         scale_watershed: float | None = None,
         proportional_attn: bool | None = None,
+        context_drop=None,
+        cuda_graphs: bool | str | None = None,
+        compile: bool | str = False,
         num_images_per_prompt: int = 1,
         seed: int | None = None,
         generator: torch.Generator | None = None,
@@ -259,6 +277,19 @@ class LuminaPipeline:
         * ``cfg``: guidance scale against ``negative_prompt`` (1 = no guidance, one model call per evaluation);
           ``cfg_channels=3`` reproduces the official quirk of guiding only latent channels 0-2; ``cfg_renorm`` and
           ``cfg_truncation`` as Lumina-Image-2.0 (see :func:`lumina.sampling.cfg_velocity`).
+        * ``context_drop``: merge the keys/values of image self-attention at the noisy steps (Lumina-Next's
+          context drop): an int factor, a spec string ``"factor=2,until=0.6,layers=2:-2,method=pool"``, a dict or a
+          :class:`lumina.sampling.ContextDrop`; ``0`` / ``"off"`` turns off a pipeline default; default: the
+          pipeline config's (off). Off, the output is bitwise the plain sampler's.
+        * ``cuda_graphs``: capture one evaluation (model forward + CFG combination) per distinct host-side decision
+          in a CUDA graph and replay it every step (:class:`lumina.sampling.GraphedVelocity`). ``None`` (default):
+          on for CUDA devices unless refused (a RoPE table that changes with every t: ``smooth_time_aware`` above
+          the training size); ``True``: required, ``ValueError`` with the reason if refused; ``False``: off;
+          ``"emulate"``: the graph bookkeeping on any device, for tests. A capture that fails warns and samples
+          eagerly. ``compile``: run the transformer under ``torch.compile`` (``True`` = inductor, or a backend
+          name); compiled once per pipeline.
+        * after a call, :attr:`last_run` holds what was used (context drop spec, graphs captured and replayed, or
+          why graphs were refused, model evaluations).
         * ``seed`` or ``generator`` (a CPU generator): the initial noise is drawn on the CPU, so a seed gives the same
           image on every device. ``num_images_per_prompt`` images for each prompt.
         * ``output_type``: ``"pil"`` (list of PIL images), ``"pt"`` (float images in [0, 1], (B, 3, H, W)) or
@@ -273,6 +304,7 @@ class LuminaPipeline:
         rope_method = d.rope_scaling if rope_scaling is None else rope_scaling
         watershed = d.scale_watershed if scale_watershed is None else scale_watershed
         proportional_attn = d.proportional_attn if proportional_attn is None else proportional_attn
+        context_drop = ContextDrop.parse(d.context_drop if context_drop is None else context_drop)
         height = self.default_size if height is None else height
         width = self.default_size if width is None else width
 
@@ -301,7 +333,8 @@ class LuminaPipeline:
         prompts = [p for p in prompts for _ in range(num_images_per_prompt)]
         negatives = [n for n in negatives for _ in range(num_images_per_prompt)]
         B = len(prompts)
-        guided = float(cfg) != 1.0
+        cfg, cfg_channels, cfg_renorm, cfg_truncation = _check_cfg(cfg, cfg_channels, cfg_renorm, cfg_truncation)
+        guided = cfg != 1.0
         feats, mask = self.encode_prompts(prompts, negatives if guided else None)
 
         tcfg = self.transformer.config
@@ -310,15 +343,36 @@ class LuminaPipeline:
                                              scale_watershed=watershed, train_len=tcfg.sample_size // tcfg.patch_size)
         base_seq_len = (tcfg.sample_size // tcfg.patch_size) ** 2 if proportional_attn else None
 
-        def model_fn(feats_, mask_):
-            def fn(x, t):
-                return self.transformer(x.to(self.dtype), t, feats_, mask_, base_seq_len=base_seq_len,
-                                        rope_scaling=scaling)
-            return fn
+        transformer = self._transformer(compile)
+        n_layers = tcfg.n_layers
+        rope_timed = scaling.active and scaling.needs_t
+        cd_method = context_drop.method if context_drop is not None else "pool"
 
-        cond_fn = model_fn(feats[:B], mask[:B])
-        velocity = cfg_velocity(model_fn(feats, mask), cfg, channels=cfg_channels, renorm=cfg_renorm,
-                                truncation=cfg_truncation, cond_fn=cond_fn) if guided else cond_fn
+        def evaluate(x, t, t_value):
+            """The guided velocity at (x, t); t_value: t's host value (None when nothing on the host needs it)."""
+            factors = context_drop.factors(t_value, n_layers) if context_drop is not None else None
+            kw = dict(base_seq_len=base_seq_len, rope_scaling=scaling, context_drop=factors,
+                      context_drop_method=cd_method, t_value=t_value)
+            x = x.to(self.dtype)
+            if not guided or _truncated(t_value, cfg_truncation, t.dtype):
+                return transformer(x, t, feats[:B], mask[:B], **kw)
+            out = transformer(torch.cat([x, x]), torch.cat([t, t]), feats, mask, **kw)  # (2B, ...) [cond, uncond]
+            return cfg_combine(out[:B], out[B:], cfg, channels=cfg_channels, renorm=cfg_renorm)
+
+        def key(t_value):  # every host-side decision the evaluation makes from the time
+            return (rope_timed and t_value < scaling.scale_watershed,
+                    context_drop.factors(t_value, n_layers) if context_drop is not None else None,
+                    _truncated(t_value, cfg_truncation, torch.float32) if guided else None)
+
+        refused = _graphs_refused(cuda_graphs, self.device, scaling)
+        run = dict(context_drop=None if context_drop is None else context_drop.spec(), cuda_graphs=refused, nfe=0)
+        if refused is None:
+            velocity = GraphedVelocity(evaluate, key, emulate=cuda_graphs == "emulate")
+        else:
+            needs_t = rope_timed or context_drop is not None or (guided and cfg_truncation is not None)
+
+            def velocity(x, t):
+                return evaluate(x, t, float(t.reshape(-1)[0]) if needs_t else None)
 
         if generator is None:
             seed = int.from_bytes(os.urandom(8), "little") % 2**63 if seed is None else seed
@@ -326,12 +380,42 @@ class LuminaPipeline:
         ds = self.codec.downscale
         shape = (B, tcfg.in_channels, height // ds, width // ds)
         x0 = torch.randn(shape, generator=generator, dtype=torch.float32).to(self.device)
+        stats: dict = {}
         latents = sample(velocity, x0, steps=steps, solver=solver, schedule=schedule, shift=shift,
-                         progress=progress, callback=callback, **(schedule_params or {}))
+                         progress=progress, callback=callback, stats=stats, **(schedule_params or {}))
+        run["nfe"] = stats.get("nfe", 0)
+        if isinstance(velocity, GraphedVelocity):
+            run["cuda_graphs"] = ({"captures": velocity.captures, "replays": velocity.replays}
+                                  if velocity.disabled is None else f"capture failed: {velocity.disabled}")
+        self.last_run = run
         if output_type == "latent":
             return latents
         images = self.codec.decode(latents.float())
         return images if output_type == "pt" else to_pil(images)
+
+
+def _truncated(t_value: float | None, tau: float | None, dtype: torch.dtype) -> bool:
+    """CFG truncation's test ``t >= tau`` in t's dtype (as cfg_velocity and the official code: tau = 0.7 switches at
+    the float32 grid point 0.7)."""
+    if tau is None:
+        return False
+    return bool(torch.tensor(t_value, dtype=dtype) >= torch.tensor(tau, dtype=dtype))
+
+
+def _graphs_refused(cuda_graphs, device: torch.device, scaling: RopeScaling) -> str | None:
+    """None when CUDA graphs will be used, else why not (ValueError when they were required)."""
+    if cuda_graphs not in (None, True, False, "emulate"):
+        raise ValueError(f"`cuda_graphs` must be None (auto), True, False or 'emulate', got {cuda_graphs!r}")
+    if cuda_graphs is False:
+        return "off (cuda_graphs=False)"
+    reason = None
+    if cuda_graphs != "emulate" and device.type != "cuda":
+        reason = f"the device is {device.type}, not cuda"
+    elif scaling.active and scaling.method == "smooth_time_aware":
+        reason = "RoPE scaling 'smooth_time_aware' builds a new table at every t"
+    if reason is not None and cuda_graphs is True:
+        raise ValueError(f"`cuda_graphs=True` but CUDA graphs cannot be used: {reason}")
+    return reason
 
 
 # ------------------------------------------------------------------------------------------------

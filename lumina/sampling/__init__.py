@@ -10,6 +10,8 @@ and ``t``, a 1-D float tensor of shape ``(batch,)`` holding the same time for ev
   rational time shift.
 * :mod:`.solvers`: ``SOLVERS`` (euler, midpoint, rk4, dopri5).
 * :mod:`.guidance`: ``cfg_velocity`` (CFG, the 3-channel quirk, renormalised CFG, CFG truncation).
+* :mod:`.context_drop`: ``ContextDrop``, the schedule (times, layers) of key/value merging.
+* :mod:`.graphs`: ``GraphedVelocity``, CUDA-graph capture and replay of one evaluation.
 
 Layering: imports only torch and tqdm (``lumina_kernels`` would be allowed), never ``lumina.pipelines`` or
 ``lumina.training``.
@@ -20,12 +22,14 @@ from typing import Callable, Optional
 
 import torch
 
+from .context_drop import ContextDrop
+from .graphs import GraphedVelocity
 from .guidance import cfg_combine, cfg_velocity
 from .schedules import SCHEDULES, shift_time, time_grid
 from .solvers import SOLVERS, SolverError
 
 __all__ = ["sample", "time_grid", "SCHEDULES", "SOLVERS", "cfg_velocity", "cfg_combine", "shift_time",
-           "SolverError"]
+           "SolverError", "ContextDrop", "GraphedVelocity"]
 
 
 def sample(

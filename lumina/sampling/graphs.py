@@ -1,0 +1,109 @@
+"""CUDA-graph sampling: capture one velocity evaluation (the model forward plus the fused CFG combination) in a CUDA
+graph and replay it at every step.
+
+A denoising step of a 2B Next-DiT launches a few thousand small kernels; at 1024^2 and below the GPU waits on the
+host between them. A CUDA graph replays the whole evaluation with one launch. :class:`GraphedVelocity` wraps a
+``fn(x, t, t_value)`` (``t_value``: the host value of ``t``) into a solver ``velocity_fn(x, t)``:
+
+* one graph per *key*: ``key_fn(t_value)`` must capture everything the forward decides on the host from the time
+  (the RoPE table of the time-aware switch, the context-drop layers, CFG truncation's branch); the shapes and dtypes
+  of ``x`` and ``t`` join the key. Within a key the captured work may depend on ``t`` only through the tensor.
+* per call: one read of ``t[0]`` to the host (the solver made it from a host float, so the queue is short), copies
+  of ``x`` and ``t`` into the graph's static inputs, one replay, a copy of the static output (the solver keeps
+  earlier stages' velocities alive, so the output buffer cannot be handed out).
+* capture: warm-up runs on a side stream (they fill the RoPE / index caches), then capture into a memory pool that
+  all graphs of the sampler share (they never run concurrently and each output is copied out at once).
+* a capture that fails (an op that syncs with the host, an allocation the graph cannot own) warns once with the
+  reason and runs that sampler eagerly; results are the same either way.
+
+``emulate=True`` runs the same bookkeeping on any device with "graphs" that re-run the captured call on the static
+buffers with the capture-time ``t_value``, so CPU tests can check that no host-side time dependence leaks past the
+key and that static buffers are never handed out.
+"""
+from __future__ import annotations
+
+import warnings
+from typing import Callable, Dict, Hashable, Optional
+
+import torch
+from torch import Tensor
+
+__all__ = ["GraphedVelocity"]
+
+
+class _Entry:
+    def __init__(self, x: Tensor, t: Tensor):
+        self.x, self.t = x, t
+        self.out: Optional[Tensor] = None
+        self.graph = None  # torch.cuda.CUDAGraph, or a callable in emulation
+        self.replays = 0
+
+
+class GraphedVelocity:
+    """``velocity_fn(x, t)`` replaying one captured graph of ``fn(x, t, t_value)`` per ``key_fn(t_value)``."""
+
+    def __init__(self, fn: Callable[[Tensor, Tensor, float], Tensor], key_fn: Callable[[float], Hashable], *,
+                 warmup: int = 2, emulate: bool = False):
+        self.fn, self.key_fn, self.warmup, self.emulate = fn, key_fn, max(1, int(warmup)), bool(emulate)
+        self.entries: Dict[Hashable, _Entry] = {}
+        self.disabled: Optional[str] = None  # why graphs were given up (then every call runs fn eagerly)
+        self.pool = None
+
+    @property
+    def captures(self) -> int:
+        return len(self.entries)
+
+    @property
+    def replays(self) -> int:
+        return sum(e.replays for e in self.entries.values())
+
+    def __call__(self, x: Tensor, t: Tensor) -> Tensor:
+        t_value = float(t.reshape(-1)[0])
+        if self.disabled is not None:
+            return self.fn(x, t, t_value)
+        key = (self.key_fn(t_value), tuple(x.shape), x.dtype, tuple(t.shape), t.dtype, x.device)
+        entry = self.entries.get(key)
+        if entry is None:
+            try:
+                entry = self._capture(x, t, t_value)
+            except Exception as e:  # noqa: BLE001 - any capture failure falls back to eager, loudly
+                self.disabled = f"{type(e).__name__}: {e}"
+                warnings.warn(f"CUDA-graph capture failed, sampling eagerly: {self.disabled}", RuntimeWarning,
+                              stacklevel=2)
+                if not self.emulate and torch.cuda.is_available():
+                    torch.cuda.synchronize()
+                return self.fn(x, t, t_value)
+            self.entries[key] = entry
+        entry.x.copy_(x)
+        entry.t.copy_(t)
+        entry.graph()
+        entry.replays += 1
+        return entry.out.clone()
+
+    # -- capture ---------------------------------------------------------------------------------
+    def _capture(self, x: Tensor, t: Tensor, t_value: float) -> _Entry:
+        entry = _Entry(x.clone(), t.clone())
+        if self.emulate:
+            out = self.fn(entry.x, entry.t, t_value)
+            entry.out = out.clone()
+
+            def replay():
+                entry.out.copy_(self.fn(entry.x, entry.t, t_value))
+
+            entry.graph = replay
+            return entry
+        if x.device.type != "cuda":
+            raise RuntimeError(f"CUDA graphs need a CUDA device, got {x.device}")
+        if self.pool is None:
+            self.pool = torch.cuda.graph_pool_handle()
+        side = torch.cuda.Stream(device=x.device)
+        side.wait_stream(torch.cuda.current_stream(x.device))
+        with torch.cuda.stream(side):
+            for _ in range(self.warmup):
+                self.fn(entry.x, entry.t, t_value)
+        torch.cuda.current_stream(x.device).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=self.pool):
+            entry.out = self.fn(entry.x, entry.t, t_value)
+        entry.graph = graph.replay
+        return entry
