@@ -5,20 +5,24 @@
 #
 # (a) environment: nvidia-smi, python, torch, triton;  (b) builds the extension for sm_90 (timed);
 # (c) python -m lumina_kernels.info;  (d) the CUDA tests (pytest tests -x -q -m cuda);
-# (e) the CUDA kernel and end-to-end benchmarks (--benchmark-json; e2e vs diffusers when it is installed);  (f) a markdown table of them, printed last.
+# (e) the sampling benchmark (bench_sampling.py: eager vs CUDA graphs vs context drop, 2B config, 30 evaluations
+# with CFG at 1024px and 2048px); (f) the CUDA kernel and end-to-end benchmarks (--benchmark-json; e2e vs diffusers
+# when it is installed);  (g) a markdown table of them, printed last.
 #
 # Every step runs under `timeout`; a failed step does not stop the later ones, and the script exits
 # nonzero if any step failed. A step that cannot run (pytest or pytest-benchmark missing and no
 # wheels to install them from) is reported SKIPPED and does not by itself fail the script.
 # Full logs go to $OUT (else ./device_out), 7 files at most: env.log build.log info.log tests.log
-# bench.log bench.json summary.md.
+# bench.log bench.json sample.log sample.json summary.md (9 files).
 #
 # Environment (all optional):
 #   OUT              where the logs go (default ./device_out)
 #   PYTHON           interpreter (default python3)
 #   LUMINA_WHEELS    folder of wheels for pytest / pytest-benchmark / hypothesis and their needs, used
 #                    only for the missing ones (default .wheels in the repository root)
-#   T_BUILD T_INFO T_TESTS T_BENCH   per-step timeouts in seconds (default 240 30 100 180)
+#   T_BUILD T_INFO T_TESTS T_SAMPLE T_BENCH   per-step timeouts in seconds (default 240 30 100 150 180)
+#   DEADLINE         seconds for the whole script (default 560): a step gets at most what is left, and a step
+#                    with under 20 s left is skipped, so the device call's 600 s limit is never hit
 #   SKIP_BUILD=1     use the lumina_kernels already importable (no pip install -e)
 #   BENCH_ARGS       extra pytest arguments for (e), e.g. "-k 'not compiled'"
 set -u -o pipefail
@@ -33,6 +37,8 @@ T_BUILD=${T_BUILD:-240}
 T_INFO=${T_INFO:-30}
 T_TESTS=${T_TESTS:-100}
 T_BENCH=${T_BENCH:-180}
+T_SAMPLE=${T_SAMPLE:-150}
+DEADLINE=${DEADLINE:-560}
 export PYTHONUNBUFFERED=1
 export PYTHONDONTWRITEBYTECODE=1
 
@@ -45,6 +51,14 @@ FAILED=0
 run_step() {
     local name=$1 log=$2 limit=$3
     shift 3
+    local left=$((DEADLINE - ($(date +%s) - T0)))
+    if [ $left -lt 20 ]; then
+        STATUS+=("$name: SKIPPED (deadline: ${left}s left of ${DEADLINE}s)")
+        FAILED=1
+        echo "=== [$name] SKIPPED: deadline" | tee -a "$log"
+        return
+    fi
+    [ $left -lt "$limit" ] && limit=$left
     local t=$(date +%s) rc
     local cmd="$*"
     cmd=${cmd//$'\n'/ }
@@ -153,7 +167,21 @@ else
 fi
 
 # ---------------------------------------------------------------------------------------------
-# (e) CUDA benchmarks
+# (e) sampling benchmark (issue 6 goal: context drop + CUDA graphs vs eager)
+# ---------------------------------------------------------------------------------------------
+SAMPLE_LOG=$OUT/sample.log
+SAMPLE_JSON=$OUT/sample.json
+: >"$SAMPLE_LOG"
+rm -f "$SAMPLE_JSON"
+if [ $HAVE_PYTEST = 1 ]; then
+    run_step sample "$SAMPLE_LOG" "$T_SAMPLE" "$PY" -m pytest benchmarks/bench_sampling.py --benchmark-only -m cuda -q \
+        -p no:cacheprovider --benchmark-json="$SAMPLE_JSON" --benchmark-columns=median,rounds
+else
+    skip_step sample "pytest / pytest-benchmark not available"
+fi
+
+# ---------------------------------------------------------------------------------------------
+# (f) CUDA kernel benchmarks
 # ---------------------------------------------------------------------------------------------
 BENCH_LOG=$OUT/bench.log
 BENCH_JSON=$OUT/bench.json
@@ -163,13 +191,14 @@ if [ $HAVE_PYTEST = 1 ]; then
     # shellcheck disable=SC2086  # BENCH_ARGS is meant to split
     eval "set -- ${BENCH_ARGS:-}"
     run_step bench "$BENCH_LOG" "$T_BENCH" "$PY" -m pytest benchmarks --benchmark-only -m cuda -q -p no:cacheprovider \
+        --ignore=benchmarks/bench_sampling.py \
         --benchmark-json="$BENCH_JSON" --benchmark-columns=median,iqr,rounds,iterations "$@"
 else
     skip_step bench "pytest / pytest-benchmark not available"
 fi
 
 # ---------------------------------------------------------------------------------------------
-# (f) the table, last
+# (g) the table, last
 # ---------------------------------------------------------------------------------------------
 echo
 echo "=== steps (total $(($(date +%s) - T0))s; logs in $OUT)"
@@ -186,5 +215,12 @@ if [ -s "$BENCH_JSON" ]; then
 else
     echo "no benchmark JSON ($BENCH_JSON): no table"
     [ $HAVE_PYTEST = 1 ] && FAILED=1
+fi
+if [ -s "$SAMPLE_JSON" ]; then
+    echo
+    "$PY" benchmarks/summarize.py "$SAMPLE_JSON" --device cuda --out "$OUT/sample.md" && cat "$OUT/sample.md" >>"$OUT/summary.md"
+    rm -f "$OUT/sample.md"
+else
+    echo "no sampling JSON ($SAMPLE_JSON)"
 fi
 exit $FAILED

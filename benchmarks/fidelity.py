@@ -1,6 +1,6 @@
 """Image fidelity of faster sampling: context drop and fewer steps against a 250-step reference.
 
-    python benchmarks/fidelity.py [--model DIR] [--size 64] [--images 8] [--out fidelity.md]
+    python benchmarks/fidelity.py [--model DIR] [--size 64] [--images 4] [--out fidelity.md]
 
 For a fixed model, prompts and seeds, every configuration below generates the same batch of images, which are
 compared with the reference (the same model, midpoint, 250 steps, no context drop) by PSNR and SSIM in pixel space
@@ -76,7 +76,7 @@ def ssim(a: torch.Tensor, b: torch.Tensor, window: int = 11, sigma: float = 1.5)
     return float(s.mean())
 
 
-def run(model=None, size: int = 64, images: int = 8, ref_steps: int = 250, device: str = "cpu", seed: int = 0,
+def run(model=None, size: int = 64, images: int = 4, ref_steps: int = 250, device: str = "cpu", seed: int = 0,
         configs=None, progress: bool = True):
     """Rows of (name, nfe, seconds, pixel PSNR, pixel SSIM, latent PSNR) and the reference's (steps, seconds)."""
     import lumina
@@ -127,7 +127,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default=None, help="pipeline directory (default: the bundled trained model)")
     p.add_argument("--size", type=int, default=64, help="image size in pixels (default 64: 2x training size)")
-    p.add_argument("--images", type=int, default=8, help="images (prompts x seeds) per configuration")
+    p.add_argument("--images", type=int, default=4, help="images (prompts x seeds) per configuration")
     p.add_argument("--ref-steps", type=int, default=250, help="midpoint steps of the reference (default 250)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--seed", type=int, default=0)
