@@ -43,6 +43,13 @@ B*L*H*D (rope), M = B*D (one scale or gate), F = L*D/2*8 (the complex64 rope tab
                                   (d residual = dout itself: no bytes)
     apply_rope               fwd: read x, table; write y                   2N e + F
                              bwd: read dy, table; write dx                 2N e + F
+    solver_update            fwd: read x, 4 ks; write out                  (4 + 4 e + 4) N   (rk4's final step:
+                                  a float32 state, 4 velocities in the model's dtype, N = B*C*H*W)
+    cfg_combine              fwd: read cond, uncond; write v               (2 e + 4) N       (v float32; e = 8 for
+                                  float64 inputs, whose v is float64)
+    cfg_combine+renorm       fwd: as cfg_combine, plus reading cond and    (4 e + 4) N
+                                  uncond again (the norms must be known before v is written; re-reading the
+                                  inputs moves no more bytes than writing v twice)
 
 "fwdbwd" counts fwd + bwd: the two as separate passes, x read again by the backward. The saved
 per-row rstd (4 bytes a row) is left out: a backward can recompute it.
@@ -71,6 +78,10 @@ CUDA_MAX_TIME = float(os.environ.get("LUMINA_BENCH_CUDA_MAX_TIME", "0.3"))
 
 DTYPE_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
 NORM_OPS = ("rms_norm", "modulated_rms_norm", "gated_rms_norm_residual")
+SOLVER_OPS = ("solver_update", "cfg_combine", "cfg_combine+renorm")
+SOLVER_KS = (1 / 6, 1 / 3, 1 / 3, 1 / 6)  # rk4's final combination
+# benchmark op name -> the op name `lumina_kernels.explain` knows
+EXPLAIN_AS = {"cfg_combine+renorm": "cfg_combine"}
 
 
 def cuda_sync_timer() -> float:
@@ -94,6 +105,12 @@ def _make_inputs(op: str, shape, dtype, device) -> tuple[list[torch.Tensor], tup
         angles = torch.rand(L, D // 2, device=device) * (2 * math.pi)
         freqs = torch.polar(torch.ones_like(angles), angles).to(torch.complex64)
         return [x, freqs], (0,)
+    if op == "solver_update":  # a float32 solver state, the velocities in the model's dtype
+        ks = [_rand(shape, dtype, device) for _ in SOLVER_KS]
+        return [_rand(shape, torch.float32, device), ks, list(SOLVER_KS), 0.05], ()
+    if op in ("cfg_combine", "cfg_combine+renorm"):  # the halves of a doubled-batch model output
+        out = _rand((2 * shape[0], *shape[1:]), dtype, device)
+        return [out[: shape[0]], out[shape[0]:], 4.0, None, 1.0 if op.endswith("renorm") else None], ()
     B, L, D = shape
     x = _rand(shape, dtype, device)
     w = _rand((D,), dtype, device, scale=0.1, offset=1.0)
@@ -109,6 +126,12 @@ def _make_inputs(op: str, shape, dtype, device) -> tuple[list[torch.Tensor], tup
 def op_bytes(op: str, pass_: str, shape, dtype) -> int:
     """The fewest bytes `op` must move (module docstring)."""
     e = torch.empty((), dtype=dtype).element_size()
+    if op in SOLVER_OPS:
+        N = math.prod(shape)
+        out_e = max(e, 4)  # float32 v for bf16 / fp16 inputs
+        if op == "solver_update":
+            return (4 + len(SOLVER_KS) * e + 4) * N
+        return (2 * e + out_e) * N + (2 * e * N if op.endswith("renorm") else 0)
     if op == "apply_rope":
         B, L, H, D = shape
         N, F = B * L * H * D, L * (D // 2) * 8
@@ -126,12 +149,18 @@ LUMINA = {
     "modulated_rms_norm": lk.modulated_rms_norm,
     "gated_rms_norm_residual": lk.gated_rms_norm_residual,
     "apply_rope": lk.apply_rope,
+    "solver_update": lk.solver_update,
+    "cfg_combine": lk.cfg_combine,
+    "cfg_combine+renorm": lk.cfg_combine,
 }
 REFERENCE = {
     "rms_norm": reference.rms_norm,
     "modulated_rms_norm": reference.modulated_rms_norm,
     "gated_rms_norm_residual": reference.gated_rms_norm_residual,
     "apply_rope": reference.apply_rope,
+    "solver_update": reference.solver_update,  # the solvers' former torch.add chain, velocities cast to float32
+    "cfg_combine": reference.cfg_combine,  # lumina.sampling.guidance's former eager code
+    "cfg_combine+renorm": reference.cfg_combine,
 }
 
 
@@ -179,15 +208,20 @@ def _groups(device: str):
     if device == "cpu":
         norm = [((2, 256, 2304), torch.bfloat16), ((2, 256, 2304), torch.float32)]
         rope = [((2, 256, 32, 72), torch.bfloat16), ((2, 256, 32, 72), torch.float32)]
+        solver = [((2, 16, 128, 128), torch.bfloat16), ((2, 16, 128, 128), torch.float32)]  # 1024^2 latents
     else:
         norm = [((2, 4096, 2304), torch.bfloat16)]
         rope = [((2, 4096, 32, 72), torch.bfloat16), ((2, 4096, 32, 72), torch.float32)]
+        solver = [((8, 16, 256, 256), torch.bfloat16), ((8, 16, 256, 256), torch.float32)]  # past the L2
     for pass_ in ("fwd", "fwdbwd"):
         for op in NORM_OPS:
             for shape, dtype in norm:
                 yield op, pass_, device, dtype, shape
         for shape, dtype in rope:
             yield "apply_rope", pass_, device, dtype, shape
+    for op in SOLVER_OPS:  # inference ops: forward only
+        for shape, dtype in solver:
+            yield op, "fwd", device, dtype, shape
 
 
 def _cases() -> list:
@@ -296,7 +330,7 @@ def test_kernel(benchmark, case: Case):
                 out_like = args[1] if case.op == "gated_rms_norm_residual" else args[0]  # y, else x
                 grad_out = _rand(out_like.shape, case.dtype, device)
             if k == 0 and case.impl in ("lumina", "lumina-eager"):  # which backend the wrapper runs
-                info["backend"] = lk.explain(case.op, *args).backend
+                info["backend"] = lk.explain(EXPLAIN_AS.get(case.op, case.op), *args).backend
             if k == 0 and case.impl == "lumina":
                 _check_lumina(case, args, grad_idx, grad_out)
             steps.append(_step(fn, args, grad_idx, grad_out, case.pass_))

@@ -34,6 +34,16 @@ TORCH_LIBRARY(lumina, m) {
   // Gradient of merge_tokens with respect to x: each token gets its cell's gradient / count (0 if masked).
   m.def("merge_tokens_backward(Tensor grad_out, Tensor? mask, Tensor count, int[] grid, int[] factor) -> Tensor",
         {at::Tag::pt2_compliant_tag});
+  // Fused ODE-solver step: x + h * sum_i coeffs[i] * ks[i] in x's dtype (the solver state, float32 or float64):
+  // zero coefficients skipped, then each term added in order with one rounding (fused multiply-add), the products
+  // h * coeffs[i] in double cast to x's dtype; ks (1 to 7 tensors of x's shape, one floating dtype) are read and
+  // converted in the kernel. All coefficients zero: a copy of x. Inference only (no autograd).
+  m.def("solver_update(Tensor x, Tensor[] ks, float[] coeffs, float h) -> Tensor", {at::Tag::pt2_compliant_tag});
+  // Classifier-free guidance: lerp(uncond, cond, scale); channels=k guides channels [:k] of dim 1 (uncond +
+  // scale * (cond - uncond)) and keeps cond for the rest; renorm=r scales each sample's v down to r * ||cond||
+  // when it is longer. float32 out for bfloat16 / float16 inputs, else their dtype. Inference only.
+  m.def("cfg_combine(Tensor cond, Tensor uncond, float scale, int? channels=None, float? renorm=None) -> Tensor",
+        {at::Tag::pt2_compliant_tag});
   // What this build holds: backends, CUDA archs, compiler.
   m.def("build_info() -> str", &lumina::build_info);
 }

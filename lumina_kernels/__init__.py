@@ -7,6 +7,8 @@
     q = lk.apply_rope(q, freqs_cis)                          # q (B, L, H, D), freqs_cis complex64 (L, D/2)
     o = lk.attention(q, k, v, q_freqs=f, k_freqs=f)          # q (B, L, Hq, D), k/v (B, L, Hkv, D): RoPE + GQA fused
     k2, n = lk.merge_tokens(k, (h, w), 2, mask)              # context drop: average 2x2 cells of the token grid
+    x = lk.solver_update(x, [k1, k2], [0.5, 0.5], h)         # x + h * (k1 + k2) / 2 in x's dtype, one pass
+    v = lk.cfg_combine(out[:B], out[B:], 4.0)                # classifier-free guidance of a doubled-batch output
     print(lk.explain("fused_rms_norm", x, weight))           # which backend runs, and why not the others
 
 Every op runs on the compiled CUDA kernel, the compiled C++ CPU kernel or its PyTorch reference
@@ -15,7 +17,8 @@ Every op runs on the compiled CUDA kernel, the compiled C++ CPU kernel or its Py
 from . import reference
 from ._ext import BUILD_INFO, HAS_CPU_KERNELS, HAS_CUDA_KERNELS, LOAD_ERROR
 from .dispatch import explain
-from .ops import apply_rope, attention, gated_rms_norm_residual, merge_tokens, modulated_rms_norm, rms_norm
+from .ops import (apply_rope, attention, cfg_combine, gated_rms_norm_residual, merge_tokens, modulated_rms_norm,
+                  rms_norm, solver_update)
 
 __all__ = [
     "rms_norm",
@@ -24,6 +27,8 @@ __all__ = [
     "apply_rope",
     "attention",
     "merge_tokens",
+    "solver_update",
+    "cfg_combine",
     "explain",
     "reference",
     "BUILD_INFO",

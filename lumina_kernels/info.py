@@ -23,6 +23,11 @@ EXAMPLES = {
     "attention": lambda dev, dt: (torch.empty(2, 256, 32, 72, device=dev, dtype=dt),
                                   torch.empty(2, 256, 8, 72, device=dev, dtype=dt),
                                   torch.empty(2, 256, 8, 72, device=dev, dtype=dt)),
+    # a float32 solver state, velocities in the model's dtype
+    "solver_update": lambda dev, dt: (torch.empty(2, 16, 128, 128, device=dev),
+                                      [torch.empty(2, 16, 128, 128, device=dev, dtype=dt)]),
+    "cfg_combine": lambda dev, dt: (torch.empty(2, 16, 128, 128, device=dev, dtype=dt),
+                                    torch.empty(2, 16, 128, 128, device=dev, dtype=dt)),
 }
 
 

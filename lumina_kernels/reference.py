@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 __all__ = ["fused_rms_norm", "rms_norm", "modulated_rms_norm", "gated_rms_norm_residual", "apply_rope", "attention",
-           "merge_tokens", "merge_cells"]
+           "merge_tokens", "merge_cells", "solver_update", "cfg_combine"]
 
 
 def _compute_dtype(x: Tensor) -> torch.dtype:
@@ -142,3 +142,49 @@ def merge_tokens(x: Tensor, grid, factor, mask: Tensor | None = None) -> tuple[T
     count = w.new_zeros(B, n_cells).index_add(1, cell, w)
     out = total / count.clamp(min=1).reshape(B, n_cells, *([1] * (x.dim() - 2)))
     return out.to(x.dtype), count.float()
+
+
+_LOW_PRECISION = (torch.bfloat16, torch.float16)
+
+
+def solver_update(x: Tensor, ks, coeffs, h: float) -> Tensor:
+    """x + h * sum_i coeffs[i] * ks[i] in x's dtype, exactly as the Python solvers computed it: zero coefficients
+    skipped, each k cast to x's dtype, then torch.add(x, k, alpha=h * c) for the first term and out.add_(k,
+    alpha=h * c) for the others, in order (h * c in double, cast to x's dtype by torch). No term: a copy of x."""
+    out = None
+    for c, k in zip(coeffs, ks):
+        if c == 0:
+            continue
+        k = k.to(x.dtype)
+        if out is None:
+            out = torch.add(x, k, alpha=h * c)
+        else:
+            out.add_(k, alpha=h * c)
+    return x.clone() if out is None else out
+
+
+def cfg_combine(cond: Tensor, uncond: Tensor, scale: float, channels: int | None = None,
+                renorm: float | None = None) -> Tensor:
+    """Classifier-free guidance of lumina.sampling.guidance.cfg_combine (arguments already checked).
+
+    bfloat16 / float16 inputs are computed (and returned) in float32. Plain: torch.lerp(uncond, cond, scale) (the
+    explicit uncond + scale * (cond - uncond) when the dtypes differ). channels=k: channels [:k] of dim 1 get
+    uncond + scale * (cond - uncond), the others keep cond. renorm=r: per sample (norms over all non-batch dims),
+    if ||v|| > r * ||cond||, v *= r * ||cond|| / ||v||.
+    """
+    if cond.dtype in _LOW_PRECISION or uncond.dtype in _LOW_PRECISION:
+        cond, uncond = cond.float(), uncond.float()
+    if channels is None:
+        v = torch.lerp(uncond, cond, scale) if cond.dtype == uncond.dtype else uncond + scale * (cond - uncond)
+    else:
+        k = min(channels, cond.shape[1])
+        guided = uncond[:, :k] + scale * (cond[:, :k] - uncond[:, :k])
+        v = torch.cat([guided, cond[:, k:]], dim=1)
+    if renorm is not None:
+        b = v.shape[0]
+        norm_v = torch.linalg.vector_norm(v.reshape(b, -1), dim=1)
+        max_norm = renorm * torch.linalg.vector_norm(cond.reshape(b, -1), dim=1)
+        ratio = torch.where(norm_v > max_norm, max_norm / norm_v.clamp_min(torch.finfo(v.dtype).tiny),
+                            torch.ones_like(norm_v))
+        v = v * ratio.reshape((b,) + (1,) * (v.dim() - 1))
+    return v

@@ -63,3 +63,22 @@ def assert_within_reference_error(actual: torch.Tensor, ref64: torch.Tensor, ref
     base = (ref_low.double() - ref64).abs().max().item() if actual.numel() else 0.0
     assert err <= factor * base + eps, (f"{msg}: max error {err:.3g} > {factor} x the low-precision reference's "
                                         f"{base:.3g} + {eps:g}")
+
+
+def assert_within_update_bound(actual: torch.Tensor, expected: torch.Tensor, x: torch.Tensor, ks, coeffs, h: float,
+                               msg: str = "") -> None:
+    """solver_update against its reference: elementwise |actual - expected| <= 2 n eps (|x| + sum |h c_i k_i|), n the
+    nonzero terms, eps of x's dtype. Each term of either side rounds once (fused multiply-add) or twice (a CPU
+    without FMA), so this is the contract's bound; on CUDA and FMA CPUs the two agree bit for bit."""
+    assert actual.dtype == x.dtype and actual.shape == x.shape, f"{msg}: {actual.dtype} {tuple(actual.shape)}"
+    assert torch.isfinite(actual).all(), f"{msg}: non-finite values in the result"
+    eps = torch.finfo(x.dtype).eps
+    mag = x.double().abs()
+    n = 0
+    for c, k in zip(coeffs, ks):
+        if c != 0:
+            mag = mag + abs(h * c) * k.to(x.dtype).double().abs()
+            n += 1
+    bound = 2 * max(n, 1) * eps * mag + torch.finfo(x.dtype).tiny
+    err = (actual.double() - expected.double()).abs()
+    assert bool((err <= bound).all()), f"{msg}: max error / bound {(err / bound).max().item():.3g}"

@@ -15,10 +15,11 @@ from typing import Callable, Optional
 
 import torch
 
+import lumina_kernels
+
 __all__ = ["cfg_velocity", "cfg_combine"]
 
 VelocityFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-_LOW_PRECISION = (torch.float16, torch.bfloat16)
 
 
 def _check(cfg_scale, channels, renorm, truncation):
@@ -60,30 +61,17 @@ def cfg_combine(cond: torch.Tensor, uncond: torch.Tensor, cfg_scale: float, *, c
                 renorm: Optional[float] = None) -> torch.Tensor:
     """The guided velocity from the two halves (no truncation; see :func:`cfg_velocity` for the formulas).
 
-    Computed in float32 when the inputs are bfloat16 / float16 (and returned in float32), else in their dtype.
+    Computed in float32 when the inputs are bfloat16 / float16 (and returned in float32), else in their dtype. One
+    fused pass of :func:`lumina_kernels.cfg_combine` (two with ``renorm``; the C++ / CUDA kernel, or its PyTorch
+    reference where none applies), which reads ``out[:B]`` / ``out[B:]`` views of a doubled-batch output in place.
     """
     cfg, channels, renorm, _ = _check(cfg_scale, channels, renorm, None)
     if cond.shape != uncond.shape:
         raise ValueError(f"`cond` and `uncond` must have the same shape, got {tuple(cond.shape)} and "
                          f"{tuple(uncond.shape)}")
-    if cond.dtype in _LOW_PRECISION or uncond.dtype in _LOW_PRECISION:
-        cond, uncond = cond.float(), uncond.float()
-    if channels is None:
-        v = torch.lerp(uncond, cond, cfg) if cond.dtype == uncond.dtype else uncond + cfg * (cond - uncond)
-    else:
-        if cond.dim() < 2:
-            raise ValueError(f"`channels` needs a channel dimension (dim 1), got shape {tuple(cond.shape)}")
-        k = min(channels, cond.shape[1])
-        guided = uncond[:, :k] + cfg * (cond[:, :k] - uncond[:, :k])
-        v = torch.cat([guided, cond[:, k:]], dim=1)
-    if renorm is not None:
-        b = v.shape[0]
-        norm_v = torch.linalg.vector_norm(v.reshape(b, -1), dim=1)
-        max_norm = renorm * torch.linalg.vector_norm(cond.reshape(b, -1), dim=1)
-        ratio = torch.where(norm_v > max_norm, max_norm / norm_v.clamp_min(torch.finfo(v.dtype).tiny),
-                            torch.ones_like(norm_v))
-        v = v * ratio.reshape((b,) + (1,) * (v.dim() - 1))
-    return v
+    if channels is not None and cond.dim() < 2:
+        raise ValueError(f"`channels` needs a channel dimension (dim 1), got shape {tuple(cond.shape)}")
+    return lumina_kernels.cfg_combine(cond, uncond, cfg, channels=channels, renorm=renorm)
 
 
 def cfg_velocity(model_fn: VelocityFn, cfg_scale: float, *, channels: Optional[int] = None,

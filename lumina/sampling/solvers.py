@@ -14,6 +14,10 @@ Every solver has the signature ``solver(velocity_fn, x0, grid, *, callback=None,
   and cast to ``x0``'s dtype before each ``velocity_fn`` call, so the model runs in low precision while the
   small per-step updates are not lost to bf16 rounding. ``t`` is passed in the accumulation dtype (float32 for
   bf16 / fp16: bf16 cannot represent e.g. 0.998). The result is returned in ``x0``'s dtype.
+* Updates: every ``x + h * sum_i c_i k_i`` is one fused pass of :func:`lumina_kernels.solver_update` (the C++ /
+  CUDA kernel, or its PyTorch reference where none applies), which reads bf16 / fp16 velocities directly: no
+  float32 copy of the model output is made. Rounding is that of ``torch.add(x, k, alpha=h * c)`` one term at a time
+  (zero coefficients skipped), as the solvers computed it before the fused op.
 * ``callback(step, t, x)``: called after grid interval ``step`` (0-based) with ``t = grid[step + 1]`` (a float) and
   the state there (the solver's accumulation tensor: read it, do not modify it).
 * ``progress``: a tqdm bar over the grid intervals.
@@ -32,12 +36,16 @@ from typing import Callable, Dict, List, Optional, Sequence, Union
 import torch
 from tqdm import tqdm
 
+import lumina_kernels
+
 __all__ = ["SOLVERS", "SolverError", "euler", "midpoint", "rk4", "dopri5"]
 
 VelocityFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 Grid = Union[torch.Tensor, Sequence[float]]
 
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
+# velocity dtypes that lumina_kernels.solver_update reads (and converts) itself; others are cast by _Field
+_FUSED_READS = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 
 
 class SolverError(RuntimeError):
@@ -48,7 +56,10 @@ class SolverError(RuntimeError):
 # shared plumbing
 # ----------------------------------------------------------------------------------------------
 class _Field:
-    """Wraps velocity_fn: dtype casts, the (batch,) time tensor, shape check, evaluation count."""
+    """Wraps velocity_fn: dtype casts, the (batch,) time tensor, shape check, evaluation count.
+
+    Returns the model's velocity as it is when lumina_kernels.solver_update can read its dtype (the updates convert
+    it to the accumulation dtype on the fly), else cast to the accumulation dtype."""
 
     def __init__(self, velocity_fn: VelocityFn, x0: torch.Tensor):
         if not callable(velocity_fn):
@@ -74,7 +85,7 @@ class _Field:
         if not isinstance(v, torch.Tensor) or v.shape != self.shape:
             got = tuple(v.shape) if isinstance(v, torch.Tensor) else type(v).__name__
             raise ValueError(f"`velocity_fn` must return a tensor of x's shape {tuple(self.shape)}, got {got}")
-        return v.to(self.acc_dtype)
+        return v if v.dtype in _FUSED_READS else v.to(self.acc_dtype)
 
 
 def _grid_list(grid: Grid) -> List[float]:
@@ -90,16 +101,12 @@ def _grid_list(grid: Grid) -> List[float]:
 
 
 def _comb(x: torch.Tensor, h: float, coeffs: Sequence[float], ks: Sequence[torch.Tensor]) -> torch.Tensor:
-    """x + h * sum(c_i k_i), skipping zero coefficients; builds one new tensor."""
-    out = None
-    for c, k in zip(coeffs, ks):
-        if c == 0:
-            continue
-        if out is None:
-            out = torch.add(x, k, alpha=h * c)
-        else:
-            out.add_(k, alpha=h * c)
-    return x.clone() if out is None else out
+    """x + h * sum(c_i k_i) over zip(coeffs, ks), skipping zero coefficients; one new tensor, in one fused pass.
+
+    The rounding of ``torch.add(x, k, alpha=h * c)`` then ``out.add_(k, alpha=h * c)`` per term (see
+    :func:`lumina_kernels.solver_update`); each k is converted to x's dtype on the fly."""
+    n = min(len(coeffs), len(ks))
+    return lumina_kernels.solver_update(x, list(ks[:n]), [float(c) for c in coeffs[:n]], h)
 
 
 def _fill(stats: Optional[dict], nfe: int, steps: int, rejected: int) -> None:
@@ -122,23 +129,23 @@ def _register(name: str, order: int, adaptive: bool, evals_per_step: int):
 # fixed-grid solvers
 # ----------------------------------------------------------------------------------------------
 def _euler_step(f: _Field, x: torch.Tensor, t0: float, t1: float) -> torch.Tensor:
-    return torch.add(x, f(x, t0), alpha=t1 - t0)
+    return _comb(x, t1 - t0, (1.0,), (f(x, t0),))
 
 
 def _midpoint_step(f: _Field, x: torch.Tensor, t0: float, t1: float) -> torch.Tensor:
     h = t1 - t0
     k1 = f(x, t0)
-    k2 = f(torch.add(x, k1, alpha=0.5 * h), t0 + 0.5 * h)
-    return torch.add(x, k2, alpha=h)
+    k2 = f(_comb(x, h, (0.5,), (k1,)), t0 + 0.5 * h)
+    return _comb(x, h, (1.0,), (k2,))
 
 
 def _rk4_step(f: _Field, x: torch.Tensor, t0: float, t1: float) -> torch.Tensor:
     h = t1 - t0
     tm = t0 + 0.5 * h
     k1 = f(x, t0)
-    k2 = f(torch.add(x, k1, alpha=0.5 * h), tm)
-    k3 = f(torch.add(x, k2, alpha=0.5 * h), tm)
-    k4 = f(torch.add(x, k3, alpha=h), t1)
+    k2 = f(_comb(x, h, (0.5,), (k1,)), tm)
+    k3 = f(_comb(x, h, (0.5,), (k2,)), tm)
+    k4 = f(_comb(x, h, (1.0,), (k3,)), t1)
     return _comb(x, h, (1 / 6, 1 / 3, 1 / 3, 1 / 6), (k1, k2, k3, k4))
 
 
@@ -210,11 +217,12 @@ def _initial_step(f: _Field, x: torch.Tensor, t: float, k1: torch.Tensor, direct
                   rtol: float, atol: float) -> float:
     """Hairer, Norsett & Wanner (Solving ODEs I, II.4) starting step size; one extra evaluation."""
     zero = torch.zeros_like(x)
+    k1 = k1.to(x.dtype)  # the velocities may come in the model's dtype; the estimate is in the accumulation dtype
     d0 = _err_norm(x, x, zero, rtol, atol)
     d1 = _err_norm(k1, x, zero, rtol, atol)
     h0 = 1e-6 if (d0 < 1e-5 or d1 < 1e-5) else 0.01 * d0 / d1
-    x1 = torch.add(x, k1, alpha=direction * h0)
-    k2 = f(x1, t + direction * h0)
+    x1 = _comb(x, h0, (direction,), (k1,))
+    k2 = f(x1, t + direction * h0).to(x.dtype)
     d2 = _err_norm(k2 - k1, x, zero, rtol, atol) / h0
     dm = max(d1, d2)
     h1 = max(1e-6, h0 * 1e-3) if dm <= 1e-15 else (0.01 / dm) ** (1.0 / 5.0)
