@@ -193,7 +193,10 @@ def apply_rope(x: Tensor, freqs_cis: Tensor, inverse: bool = False) -> Tensor:
     backend = _rope_dispatch.decide(_rope_inputs(x, freqs_cis)).backend
     if backend == "reference":
         return reference.apply_rope(x, freqs_cis, inverse)
-    x = x.contiguous() if x.storage_offset() % 2 == 0 else x.clone()
+    if torch.compiler.is_compiling():  # traced: no storage offsets to read; a fresh buffer is aligned
+        x = x.clone(memory_format=torch.contiguous_format)
+    else:
+        x = x.contiguous() if x.storage_offset() % 2 == 0 else x.clone()
     return torch.ops.lumina.rope(x, freqs_cis.contiguous(), bool(inverse))
 
 
@@ -307,6 +310,13 @@ def _rope_table_arg(f: object, name: str, B: int, L: int, D: int, ref: Tensor) -
     return f
 
 
+def _no_host_sync() -> bool:
+    """True while a CUDA graph is captured or torch.compile traces: no reading device values on the host."""
+    if torch.compiler.is_compiling():
+        return True
+    return torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
+
+
 def _sdpa_after_rope(q, k, v, q_freqs, k_freqs, mask, scale):
     """torch SDPA (its CPU flash kernel, or the CUDA ones) on tensors rotated by lumina's RoPE op."""
     if q_freqs is not None:
@@ -320,7 +330,7 @@ def _sdpa_after_rope(q, k, v, q_freqs, k_freqs, mask, scale):
     out = torch.nn.functional.scaled_dot_product_attention(
         q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=attn_mask, scale=scale,
         enable_gqa=q.shape[2] != k.shape[2]).transpose(1, 2)  # (B, Lq, Hq, D), a transposed view
-    if alive is not None and not bool(alive.all()):
+    if alive is not None and (_no_host_sync() or not bool(alive.all())):
         out = out * alive[:, None, None, None].to(out.dtype)
     return out
 
