@@ -219,6 +219,17 @@ def test_graphed_velocity_bookkeeping():
     assert outs[0].data_ptr() != outs[1].data_ptr()  # outputs are copies, never the static buffer
 
 
+def test_graphed_velocity_static_inputs():
+    g = GraphedVelocity(lambda x, t, tv, c: x + c, key_fn=lambda tv: None, emulate=True)
+    g.set_inputs(torch.ones(3))
+    x = torch.zeros(3)
+    assert torch.equal(g(x, torch.zeros(1)), torch.ones(3))
+    g.set_inputs(torch.full((3,), 5.0))  # rebinding copies into the static buffer the graph reads
+    assert torch.equal(g(x, torch.zeros(1)), torch.full((3,), 5.0)) and g.captures == 1
+    with pytest.raises(ValueError, match="shapes, dtypes and devices of the first binding"):
+        g.set_inputs(torch.ones(4))
+
+
 def test_graphed_velocity_exposes_a_leaking_time_dependence():
     """A forward that reads t on the host beyond its key gives stale results on replay: the emulation shows it."""
     g = GraphedVelocity(lambda x, t, tv: x + tv, key_fn=lambda tv: None, emulate=True)
@@ -280,6 +291,21 @@ def test_emulated_graphs_reproduce_eager_sampling(pipe, extra):
     assert torch.equal(eager, graphed)
     assert isinstance(run["cuda_graphs"], dict) and run["cuda_graphs"]["replays"] == run["nfe"]
     assert 1 <= run["cuda_graphs"]["captures"] <= 4
+
+
+@torch.inference_mode()
+def test_graphs_persist_across_calls_with_new_captions(pipe):
+    """A second call of the same signature replays the kept graphs (no capture) with the new prompt's features."""
+    pipe._graph_cache.clear()
+    kw = dict(steps=3, seed=4, output_type="latent", progress=False, context_drop=2)
+    first = pipe("a red circle", cuda_graphs="emulate", **kw)
+    assert pipe.last_run["cuda_graphs"]["captures"] >= 1
+    second = pipe("a blue square", cuda_graphs="emulate", **kw)
+    run = pipe.last_run["cuda_graphs"]
+    assert run["captures"] == 0 and run["replays"] == pipe.last_run["nfe"]
+    assert torch.equal(second, pipe("a blue square", cuda_graphs=False, **kw))
+    assert not torch.equal(first, second)
+    assert len(pipe._graph_cache) == 1
 
 
 def test_graph_refusals(pipe):

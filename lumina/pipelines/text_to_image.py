@@ -119,6 +119,7 @@ class LuminaPipeline:
         self.codec = codec
         self.config = config or PipelineConfig()
         self.last_run: dict = {}  # what the last __call__ used (see __call__)
+        self._graph_cache: dict = {}  # call signature -> GraphedVelocity (CUDA graphs kept across calls)
         tcfg = transformer.config
         if text_encoder.dim != tcfg.cap_feat_dim:
             raise ValueError(f"text-feature dim mismatch: the text encoder gives {text_encoder.dim}-d features but "
@@ -126,6 +127,8 @@ class LuminaPipeline:
         if codec.latent_channels != tcfg.in_channels:
             raise ValueError(f"latent channel mismatch: the {type(codec).__name__} has {codec.latent_channels} "
                              f"channels but the transformer expects in_channels={tcfg.in_channels}")
+
+    GRAPH_CACHE_SIZE = 4  # GraphedVelocity objects kept (each holds its graphs and their memory pool)
 
     # -- loading ---------------------------------------------------------------------------------
     @classmethod
@@ -286,7 +289,9 @@ class LuminaPipeline:
           on for CUDA devices unless refused (a RoPE table that changes with every t: ``smooth_time_aware`` above
           the training size); ``True``: required, ``ValueError`` with the reason if refused; ``False``: off;
           ``"emulate"``: the graph bookkeeping on any device, for tests. A capture that fails warns and samples
-          eagerly. ``compile``: run the transformer under ``torch.compile`` (``True`` = inductor, or a backend
+          eagerly. Graphs are kept with the pipeline (the last 4 call signatures: batch, size, guidance and
+          context-drop settings), so a repeated call replays them without capturing again; the caption features
+          are copied into the graphs' static inputs. ``compile``: run the transformer under ``torch.compile`` (``True`` = inductor, or a backend
           name); compiled once per pipeline.
         * after a call, :attr:`last_run` holds what was used (context drop spec, graphs captured and replayed, or
           why graphs were refused, model evaluations).
@@ -348,8 +353,9 @@ class LuminaPipeline:
         rope_timed = scaling.active and scaling.needs_t
         cd_method = context_drop.method if context_drop is not None else "pool"
 
-        def evaluate(x, t, t_value):
-            """The guided velocity at (x, t); t_value: t's host value (None when nothing on the host needs it)."""
+        def evaluate(x, t, t_value, feats, mask):
+            """The guided velocity at (x, t); t_value: t's host value (None when nothing on the host needs it);
+            feats, mask: the caption features of [prompts, negatives] (static buffers under CUDA graphs)."""
             factors = context_drop.factors(t_value, n_layers) if context_drop is not None else None
             kw = dict(base_seq_len=base_seq_len, rope_scaling=scaling, context_drop=factors,
                       context_drop_method=cd_method, t_value=t_value)
@@ -367,12 +373,23 @@ class LuminaPipeline:
         refused = _graphs_refused(cuda_graphs, self.device, scaling)
         run = dict(context_drop=None if context_drop is None else context_drop.spec(), cuda_graphs=refused, nfe=0)
         if refused is None:
-            velocity = GraphedVelocity(evaluate, key, emulate=cuda_graphs == "emulate")
+            # graphs persist across calls with the same shapes and settings: captured once, replayed ever after
+            signature = (B, tuple(feats.shape), feats.dtype, height, width, guided, cfg, cfg_channels, cfg_renorm,
+                         cfg_truncation, scaling, base_seq_len, context_drop, compile, cuda_graphs, str(self.device))
+            velocity = self._graph_cache.pop(signature, None)
+            if velocity is None:
+                velocity = GraphedVelocity(evaluate, key, emulate=cuda_graphs == "emulate")
+            self._graph_cache[signature] = velocity  # most recent last
+            while len(self._graph_cache) > self.GRAPH_CACHE_SIZE:
+                self._graph_cache.pop(next(iter(self._graph_cache)))
+            velocity.fn = evaluate
+            velocity.set_inputs(feats, mask)
+            before = (velocity.captures, velocity.replays)
         else:
             needs_t = rope_timed or context_drop is not None or (guided and cfg_truncation is not None)
 
             def velocity(x, t):
-                return evaluate(x, t, float(t.reshape(-1)[0]) if needs_t else None)
+                return evaluate(x, t, float(t.reshape(-1)[0]) if needs_t else None, feats, mask)
 
         if generator is None:
             seed = int.from_bytes(os.urandom(8), "little") % 2**63 if seed is None else seed
@@ -385,7 +402,8 @@ class LuminaPipeline:
                          progress=progress, callback=callback, stats=stats, **(schedule_params or {}))
         run["nfe"] = stats.get("nfe", 0)
         if isinstance(velocity, GraphedVelocity):
-            run["cuda_graphs"] = ({"captures": velocity.captures, "replays": velocity.replays}
+            run["cuda_graphs"] = ({"captures": velocity.captures - before[0], "replays": velocity.replays - before[1],
+                                   "graphs": velocity.captures}
                                   if velocity.disabled is None else f"capture failed: {velocity.disabled}")
         self.last_run = run
         if output_type == "latent":

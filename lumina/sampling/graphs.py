@@ -3,7 +3,10 @@ graph and replay it at every step.
 
 A denoising step of a 2B Next-DiT launches a few thousand small kernels; at 1024^2 and below the GPU waits on the
 host between them. A CUDA graph replays the whole evaluation with one launch. :class:`GraphedVelocity` wraps a
-``fn(x, t, t_value)`` (``t_value``: the host value of ``t``) into a solver ``velocity_fn(x, t)``:
+``fn(x, t, t_value, *inputs)`` (``t_value``: the host value of ``t``; ``inputs``: per-call tensors such as the
+caption features, bound with :meth:`GraphedVelocity.set_inputs` and held in static buffers, so one
+``GraphedVelocity`` and its graphs serve every later call of the same shapes and settings) into a solver
+``velocity_fn(x, t)``:
 
 * one graph per *key*: ``key_fn(t_value)`` must capture everything the forward decides on the host from the time
   (the RoPE table of the time-aware switch, the context-drop layers, CFG truncation's branch); the shapes and dtypes
@@ -42,12 +45,26 @@ class _Entry:
 class GraphedVelocity:
     """``velocity_fn(x, t)`` replaying one captured graph of ``fn(x, t, t_value)`` per ``key_fn(t_value)``."""
 
-    def __init__(self, fn: Callable[[Tensor, Tensor, float], Tensor], key_fn: Callable[[float], Hashable], *,
-                 warmup: int = 2, emulate: bool = False):
+    def __init__(self, fn: Callable[..., Tensor], key_fn: Callable[[float], Hashable], *,
+                 warmup: int = 1, emulate: bool = False):
         self.fn, self.key_fn, self.warmup, self.emulate = fn, key_fn, max(1, int(warmup)), bool(emulate)
         self.entries: Dict[Hashable, _Entry] = {}
         self.disabled: Optional[str] = None  # why graphs were given up (then every call runs fn eagerly)
         self.pool = None
+        self.inputs: tuple = ()
+
+    def set_inputs(self, *tensors: Tensor) -> None:
+        """Bind the per-call tensors passed to ``fn`` after ``t_value``: copied into static buffers that every
+        graph reads (their shapes and dtypes must stay those of the first binding)."""
+        if not self.inputs:
+            self.inputs = tuple(t.clone() for t in tensors)
+            return
+        if len(tensors) != len(self.inputs) or any(a.shape != b.shape or a.dtype != b.dtype or a.device != b.device
+                                                    for a, b in zip(tensors, self.inputs)):
+            raise ValueError("GraphedVelocity.set_inputs: the inputs must keep the shapes, dtypes and devices of "
+                             "the first binding; make a new GraphedVelocity for other shapes")
+        for dst, src in zip(self.inputs, tensors):
+            dst.copy_(src)
 
     @property
     def captures(self) -> int:
@@ -60,7 +77,7 @@ class GraphedVelocity:
     def __call__(self, x: Tensor, t: Tensor) -> Tensor:
         t_value = float(t.reshape(-1)[0])
         if self.disabled is not None:
-            return self.fn(x, t, t_value)
+            return self.fn(x, t, t_value, *self.inputs)
         key = (self.key_fn(t_value), tuple(x.shape), x.dtype, tuple(t.shape), t.dtype, x.device)
         entry = self.entries.get(key)
         if entry is None:
@@ -72,7 +89,7 @@ class GraphedVelocity:
                               stacklevel=2)
                 if not self.emulate and torch.cuda.is_available():
                     torch.cuda.synchronize()
-                return self.fn(x, t, t_value)
+                return self.fn(x, t, t_value, *self.inputs)
             self.entries[key] = entry
         entry.x.copy_(x)
         entry.t.copy_(t)
@@ -84,11 +101,11 @@ class GraphedVelocity:
     def _capture(self, x: Tensor, t: Tensor, t_value: float) -> _Entry:
         entry = _Entry(x.clone(), t.clone())
         if self.emulate:
-            out = self.fn(entry.x, entry.t, t_value)
-            entry.out = out.clone()
+            fn, inputs = self.fn, self.inputs  # a replay re-runs what was captured
+            entry.out = fn(entry.x, entry.t, t_value, *inputs).clone()
 
             def replay():
-                entry.out.copy_(self.fn(entry.x, entry.t, t_value))
+                entry.out.copy_(fn(entry.x, entry.t, t_value, *inputs))
 
             entry.graph = replay
             return entry
@@ -100,10 +117,10 @@ class GraphedVelocity:
         side.wait_stream(torch.cuda.current_stream(x.device))
         with torch.cuda.stream(side):
             for _ in range(self.warmup):
-                self.fn(entry.x, entry.t, t_value)
+                self.fn(entry.x, entry.t, t_value, *self.inputs)
         torch.cuda.current_stream(x.device).wait_stream(side)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, pool=self.pool):
-            entry.out = self.fn(entry.x, entry.t, t_value)
+            entry.out = self.fn(entry.x, entry.t, t_value, *self.inputs)
         entry.graph = graph.replay
         return entry
