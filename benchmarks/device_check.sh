@@ -13,7 +13,7 @@
 # nonzero if any step failed. A step that cannot run (pytest or pytest-benchmark missing and no
 # wheels to install them from) is reported SKIPPED and does not by itself fail the script.
 # Full logs go to $OUT (else ./device_out), 7 files at most: env.log build.log info.log tests.log
-# bench.log bench.json sample.log sample.json summary.md (9 files).
+# bench.log bench.json sample.log sample.json summary.md, and with e2e: e2e.log e2e.md (11 files).
 #
 # Environment (all optional):
 #   OUT              where the logs go (default ./device_out)
@@ -24,6 +24,10 @@
 #   DEADLINE         seconds for the whole script (default 560): a step gets at most what is left, and a step
 #                    with under 20 s left is skipped, so the device call's 600 s limit is never hit
 #   SKIP_BUILD=1     use the lumina_kernels already importable (no pip install -e)
+#   PARTS            the steps to run after (a)-(c), space-separated, of: tests sample bench e2e
+#                    (default "tests sample bench"; a second call on the still-warm machine can run
+#                    SKIP_BUILD=1 PARTS="e2e": the end-to-end comparison with diffusers, python -m benchmarks.e2e)
+#   T_E2E            timeout of e2e in seconds (default 300)
 #   BENCH_ARGS       extra pytest arguments for (e), e.g. "-k 'not compiled'"
 set -u -o pipefail
 
@@ -39,6 +43,9 @@ T_TESTS=${T_TESTS:-100}
 T_BENCH=${T_BENCH:-180}
 T_SAMPLE=${T_SAMPLE:-150}
 DEADLINE=${DEADLINE:-560}
+T_E2E=${T_E2E:-300}
+PARTS=" ${PARTS:-tests sample bench} "
+want() { [[ "$PARTS" == *" $1 "* ]]; }
 export PYTHONUNBUFFERED=1
 export PYTHONDONTWRITEBYTECODE=1
 
@@ -160,7 +167,9 @@ run_step info "$INFO_LOG" "$T_INFO" "$PY" -m lumina_kernels.info
 # ---------------------------------------------------------------------------------------------
 TESTS_LOG=$OUT/tests.log
 : >"$TESTS_LOG"
-if [ $HAVE_PYTEST = 1 ]; then
+if ! want tests; then
+    skip_step tests "not in PARTS"
+elif [ $HAVE_PYTEST = 1 ]; then
     run_step tests "$TESTS_LOG" "$T_TESTS" "$PY" -m pytest tests -x -q -m cuda -p no:cacheprovider
 else
     skip_step tests "pytest / pytest-benchmark not available"
@@ -173,7 +182,9 @@ SAMPLE_LOG=$OUT/sample.log
 SAMPLE_JSON=$OUT/sample.json
 : >"$SAMPLE_LOG"
 rm -f "$SAMPLE_JSON"
-if [ $HAVE_PYTEST = 1 ]; then
+if ! want sample; then
+    skip_step sample "not in PARTS"
+elif [ $HAVE_PYTEST = 1 ]; then
     run_step sample "$SAMPLE_LOG" "$T_SAMPLE" "$PY" -m pytest benchmarks/bench_sampling.py --benchmark-only -m cuda -q \
         -p no:cacheprovider --benchmark-json="$SAMPLE_JSON" --benchmark-columns=median,rounds
 else
@@ -187,7 +198,9 @@ BENCH_LOG=$OUT/bench.log
 BENCH_JSON=$OUT/bench.json
 : >"$BENCH_LOG"
 rm -f "$BENCH_JSON"
-if [ $HAVE_PYTEST = 1 ]; then
+if ! want bench; then
+    skip_step bench "not in PARTS"
+elif [ $HAVE_PYTEST = 1 ]; then
     # shellcheck disable=SC2086  # BENCH_ARGS is meant to split
     eval "set -- ${BENCH_ARGS:-}"
     run_step bench "$BENCH_LOG" "$T_BENCH" "$PY" -m pytest benchmarks --benchmark-only -m cuda -q -p no:cacheprovider \
@@ -198,13 +211,25 @@ else
 fi
 
 # ---------------------------------------------------------------------------------------------
+# (f2) end to end against diffusers (needs diffusers: carried as wheels, see LUMINA_WHEELS)
+# ---------------------------------------------------------------------------------------------
+E2E_LOG=$OUT/e2e.log
+if want e2e; then
+    : >"$E2E_LOG"
+    run_step e2e "$E2E_LOG" "$T_E2E" "$PY" -m benchmarks.e2e --device cuda --runs 1 --modes eager,drop+graphs \
+        --deadline $((T_E2E - 90)) --out "$OUT/e2e.md"
+fi
+
+# ---------------------------------------------------------------------------------------------
 # (g) the table, last
 # ---------------------------------------------------------------------------------------------
 echo
 echo "=== steps (total $(($(date +%s) - T0))s; logs in $OUT)"
 printf '  %s\n' "${STATUS[@]}"
 echo
-if [ -s "$BENCH_JSON" ]; then
+if ! want bench; then
+    :
+elif [ -s "$BENCH_JSON" ]; then
     if ! "$PY" benchmarks/summarize.py "$BENCH_JSON" --device cuda --out "$OUT/summary.md"; then
         echo "summarize.py failed"
         FAILED=1
@@ -220,7 +245,8 @@ if [ -s "$SAMPLE_JSON" ]; then
     echo
     "$PY" benchmarks/summarize.py "$SAMPLE_JSON" --device cuda --out "$OUT/sample.md" && cat "$OUT/sample.md" >>"$OUT/summary.md"
     rm -f "$OUT/sample.md"
-else
+elif want sample; then
     echo "no sampling JSON ($SAMPLE_JSON)"
 fi
+[ -s "$OUT/e2e.md" ] && cat "$OUT/e2e.md"
 exit $FAILED
