@@ -14,6 +14,16 @@ One pytest-benchmark group per (pass, device, dtype, shape); in it one benchmark
                     enable_gqa gets K/V expanded to the query heads (extra_info["gqa"] = "expanded"), as
                     diffusers does; one that refuses the inputs altogether is skipped with torch's reason
     reference       lumina_kernels.reference.attention (plain PyTorch, fp32, GQA by copying K/V)
+    fa4             (peer, CUDA, optional) flash-attn-4's flash_attn.cute.flash_attn_func after lumina's RoPE,
+                    GQA native, (B, L, H, D) layout as lumina's; skipped with the reason when flash-attn-4 is
+                    not importable. It is on the package index only as pre-releases (`pip install --pre
+                    flash-attn-4`, a CuTe-DSL JIT package pulling nvidia-cutlass-dsl, quack-kernels,
+                    apache-tvm-ffi); its SM90 path takes head dim 72 (a multiple of 8). flash-attn 2
+                    (`flash_attn`) has no wheel for torch 2.11 / CUDA 13 on the index (an sdist needing a
+                    CUDA build of its own), so it is not a peer here.
+    gemm            the machine's dense matmul rate in the group's dtype: torch.mm of two N x N matrices
+                    (N = 8192 on CUDA, 1024 on CPU; 2 N^3 FLOPs), timed first in each group; summarize.py's
+                    "% gemm" is a row's TFLOP/s over it, and each row records the same in extra_info["% gemm"]
 
 Passes: "fwd" times the forward; "bwd" times the backward alone (torch.autograd.grad on a retained graph).
 Every case rotates q and k (self-attention, RoPE included on every side) and has no mask. Shapes
@@ -21,7 +31,7 @@ Every case rotates q and k (self-attention, RoPE included on every side) and has
 16384 on CUDA (256 and 1024 on CPU), and the tiny model's (64, 64, 4, 2, 64).
 extra_info["flops"] counts useful FLOPs only: 4 * B * Hq * Lq * Lk * D for the forward pass (two GEMMs),
 2.5x that for the backward (five GEMMs); benchmarks/summarize.py turns it into TFLOP/s and reports
-lumina's speed-up over the best SDPA backend of the same group ("x peer").
+lumina's speed-up over the best peer of the same group ("x peer": each SDPA backend and fa4).
 """
 from __future__ import annotations
 
@@ -77,10 +87,37 @@ def _reference(q, k, v, f):
     return reference.attention(q, k, v, f, f)
 
 
+def _fa4_func():
+    """flash-attn-4's flash_attn_func, or raise (ImportError or whatever its import raises)."""
+    from flash_attn.cute import flash_attn_func
+
+    return flash_attn_func
+
+
+def fa4_unavailable() -> str | None:
+    try:
+        _fa4_func()
+    except Exception as e:
+        return (f"flash-attn-4 is not importable ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
+                "pip install --pre flash-attn-4")
+    return None
+
+
+def _fa4(q, k, v, f):
+    q, k = lk.apply_rope(q, f), lk.apply_rope(k, f)
+    out = _fa4_func()(q, k, v, softmax_scale=1 / math.sqrt(q.shape[-1]), causal=False)
+    return out[0] if isinstance(out, tuple) else out  # (out, lse)
+
+
 IMPLS = {"lumina": _lumina, "lumina-kernel": _kernel, "sdpa": _sdpa, "sdpa-flash": _sdpa_pinned("flash"),
-         "sdpa-cudnn": _sdpa_pinned("cudnn"), "sdpa-efficient": _sdpa_pinned("efficient"), "reference": _reference}
-CPU_IMPLS = ("lumina", "lumina-kernel", "sdpa", "reference")
-CUDA_IMPLS = ("lumina", "lumina-kernel", "sdpa-flash", "sdpa-cudnn", "sdpa-efficient", "reference")
+         "sdpa-cudnn": _sdpa_pinned("cudnn"), "sdpa-efficient": _sdpa_pinned("efficient"), "fa4": _fa4,
+         "reference": _reference}
+CPU_IMPLS = ("gemm", "lumina", "lumina-kernel", "sdpa", "reference")
+CUDA_IMPLS = ("gemm", "lumina", "lumina-kernel", "sdpa-flash", "sdpa-cudnn", "sdpa-efficient", "fa4", "reference")
+PEERS = ("sdpa", "sdpa-flash", "sdpa-cudnn", "sdpa-efficient", "fa4")
+GEMM_N = {"cpu": 1024, "cuda": 8192}
+# (device, dtype name) -> TFLOP/s of the last gemm row, for extra_info["% gemm"] of the rows after it
+GEMM_TFLOPS: dict[tuple[str, str], float] = {}
 
 
 def cuda_sync_timer() -> float:
@@ -111,11 +148,38 @@ def _cases():
     return params
 
 
+def _bench_gemm(benchmark, device, dtype, info):
+    n = GEMM_N[device]
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    out = torch.empty(n, n, device=device, dtype=dtype)
+    flops = 2 * n**3
+    info.update(op="gemm", shape=[n, n, n], flops=flops)
+    torch.mm(a, b, out=out)  # warm-up
+    benchmark(lambda: torch.mm(a, b, out=out))
+    if benchmark.stats is not None:
+        median = benchmark.stats.stats.median
+        info["median_ms"] = median * 1e3
+        info["TFLOP/s"] = flops / median / 1e12
+        GEMM_TFLOPS[(device, DTYPE_NAMES[dtype])] = info["TFLOP/s"]
+
+
 @pytest.mark.parametrize("case", _cases())
 def test_attention(benchmark, case):
     pass_, device, dtype, (B, L, Hq, Hkv, D), impl = case
     seed = int.from_bytes(os.urandom(4), "little")
     torch.manual_seed(seed)
+    benchmark.group = f"attention {pass_} {device} {DTYPE_NAMES[dtype]} B{B} L{L} H{Hq}/{Hkv} D{D}"
+    info = benchmark.extra_info
+    info.update(impl=impl, device=device, dtype=DTYPE_NAMES[dtype], seed=seed)
+    info["pass"] = pass_
+    if impl == "gemm":  # the ceiling: the dense matmul rate of this dtype on this device
+        _bench_gemm(benchmark, device, dtype, info)
+        return
+    if impl == "fa4":
+        reason = fa4_unavailable()
+        if reason:
+            pytest.skip(reason)
     grad = pass_ == "bwd"
     q = torch.randn(B, L, Hq, D, device=device, dtype=dtype, requires_grad=grad)
     k = torch.randn(B, L, Hkv, D, device=device, dtype=dtype, requires_grad=grad)
@@ -123,12 +187,8 @@ def test_attention(benchmark, case):
     f = rope_table(L, D, device=device)
     fn = IMPLS[impl]
     flops = 4 * B * Hq * L * L * D * (2.5 if grad else 1.0)
-    benchmark.group = f"attention {pass_} {device} {DTYPE_NAMES[dtype]} B{B} L{L} H{Hq}/{Hkv} D{D}"
-    info = benchmark.extra_info
-    info.update(op="attention", impl=impl, device=device, dtype=DTYPE_NAMES[dtype], shape=[B, L, Hq, Hkv, D],
-                flops=flops, seed=seed)
-    info["pass"] = pass_
-    info["peer"] = impl.startswith("sdpa")
+    info.update(op="attention", shape=[B, L, Hq, Hkv, D], flops=flops)
+    info["peer"] = impl in PEERS
     if impl == "lumina":
         info["backend"] = lk.explain("attention", q, k, v, q_freqs=f, k_freqs=f).backend
     if impl.startswith("sdpa-"):
@@ -142,6 +202,11 @@ def test_attention(benchmark, case):
                 fn(q, k, v, f)
             except RuntimeError as err2:
                 pytest.skip(f"{impl} refuses these inputs: {str(err2).splitlines()[0]} (with GQA: {err})")
+    if impl == "fa4":
+        try:
+            fn(q, k, v, f)
+        except Exception as err:  # e.g. a head dim or architecture its kernels do not take
+            pytest.skip(f"fa4 refuses these inputs: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}")
     if pass_ == "fwd":
         step = lambda: fn(q, k, v, f)  # noqa: E731
     else:
@@ -154,3 +219,7 @@ def test_attention(benchmark, case):
         median = benchmark.stats.stats.median
         info["median_ms"] = median * 1e3
         info["TFLOP/s"] = flops / median / 1e12
+        gemm = GEMM_TFLOPS.get((device, DTYPE_NAMES[dtype]))
+        if gemm:  # the fraction of the measured matmul rate
+            info["gemm_TFLOP/s"] = gemm
+            info["% gemm"] = 100 * info["TFLOP/s"] / gemm

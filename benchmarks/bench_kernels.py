@@ -11,7 +11,47 @@ implementation:
     reference     lumina_kernels.reference.* (plain PyTorch, several kernels and fp32 temporaries)
     compiled      torch.compile(reference, dynamic=False); skipped, with the reason, where it cannot run
     lumina-eager  (CUDA only) the wrapper called eagerly, Python and dispatch overhead included
-    copy          (CUDA only) Tensor.copy_ of as many bytes as the op's byte model: the bandwidth ceiling
+    copy          (CUDA only) Tensor.copy_ of as many bytes as the op's byte model: the bandwidth ceiling,
+                  timed first in its group; every later row of the group records its fraction of it in
+                  extra_info["% copy"] (summarize.py computes the same column from the JSON)
+    liger         (peer, extra_info["peer"] = True) liger-kernel's Triton kernel where it has one; an
+                  optional import: skipped with the reason when liger-kernel is not installed, and on the
+                  CPU (Triton kernels run on CUDA only). summarize.py's "x peer" is lumina over it.
+
+Peers (liger-kernel 0.8.5; `pip install liger-kernel`):
+
+    rms_norm            LigerRMSNormFunction(x, w, eps=1e-5, offset=0, casting_mode="gemma", in_place=False).
+                        "gemma" casts x and w to fp32, computes, and rounds once: exactly
+                        lumina_kernels.reference.rms_norm ("llama" would round x * rstd to the input dtype
+                        before the weight multiply). in_place=False: dx gets its own buffer as lumina's does
+                        (in_place=True writes dx over dy; the same bytes either way).
+    modulated_rms_norm  LigerModulatedRMSNormFunction(x, w, scale, shift=None, eps=1e-5, offset=0, "gemma",
+                        in_place=False): y = rms_norm(x) * w rounded to the input dtype, then * (1 + scale)
+                        in that dtype, scale (B, D) broadcast over the sequence as lumina's. Two roundings
+                        instead of lumina's one (identical in fp32; within the bf16 tolerance), said in
+                        extra_info["note"].
+    gated_rms_norm_residual
+                        no liger equivalent: LigerFusedAddRMSNormFunction normalizes (x + residual) and
+                        returns both, while lumina's op adds tanh(gate) * rms_norm(y) * w to the residual
+                        after the norm (the Lumina/DiT block's order). No peer row.
+    apply_rope          liger's rope_forward / rope_backward (what LigerRopeFunction and
+                        liger_rotary_pos_emb run), in place, on the rotate-half layout: pairs (i, i + D/2)
+                        of each head rotated by cos / sin tables of width D/2 (rotary_dim = D, fp32, the
+                        same bytes as lumina's complex64 table). Lumina rotates interleaved pairs (2i, 2i+1);
+                        a model moving to liger permutes the head dimension of its q/k projection weights
+                        once (even features first, then odd), which leaves q.k unchanged. The benchmark
+                        does that permutation on the inputs outside the timed region and checks the result,
+                        permuted back, against lumina_kernels.reference.apply_rope. liger's kernel rotates a
+                        q and a k tensor of the physical layout (B, L, H, D) in one launch (it takes the
+                        (B, H, L, D) transposed views); one (B, L, H, D) tensor is handed over as q = its
+                        first half of the batch and k = its second half (contiguous views, no copy), so the
+                        timed work is exactly one rotation of x. The in-place kernel reads and writes as many
+                        bytes as lumina's out-of-place one.
+
+Shapes (CUDA): the released 2B model with classifier-free guidance (B = 2): norms (2, 4096, 2304) and
+(2, 16384, 2304) in bf16; RoPE on the query heads (2, L, 32, 72) and the KV heads (2, L, 8, 72) for
+L = 4096 and 16384 in bf16, and (2, 4096, 32, 72) in fp32; the solver ops on (8, 16, 256, 256) latents.
+CPU: small shapes (B = 2, L = 256) so that the CPU suite runs in a few minutes on 2 cores.
 
 Passes: "fwd" (the op alone) and "fwdbwd" (the op, then torch.autograd.grad of a random output
 gradient with respect to every differentiable input).
@@ -56,6 +96,7 @@ per-row rstd (4 bytes a row) is left out: a backward can recompute it.
 """
 from __future__ import annotations
 
+import functools
 import importlib.util
 import itertools
 import math
@@ -63,6 +104,7 @@ import os
 import shutil
 import time
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Callable
 
 import pytest
@@ -82,6 +124,17 @@ SOLVER_OPS = ("solver_update", "cfg_combine", "cfg_combine+renorm")
 SOLVER_KS = (1 / 6, 1 / 3, 1 / 3, 1 / 6)  # rk4's final combination
 # benchmark op name -> the op name `lumina_kernels.explain` knows
 EXPLAIN_AS = {"cfg_combine+renorm": "cfg_combine"}
+LIGER_OPS = ("rms_norm", "modulated_rms_norm", "apply_rope")  # the ops liger-kernel has a peer of
+LIGER_NOTES = {
+    "rms_norm": "LigerRMSNormFunction, casting_mode=gemma (fp32 compute, one rounding: the reference's "
+                "semantics), offset 0, in_place=False",
+    "modulated_rms_norm": "LigerModulatedRMSNormFunction, casting_mode=gemma, no shift: rms_norm(x)*w rounded to "
+                          "the dtype, then *(1+scale) in the dtype (two roundings; lumina rounds once)",
+    "apply_rope": "liger rope_forward/rope_backward (in place), rotate-half layout: head dim permuted (even "
+                  "features, then odd) outside the timed region; q = first half of the batch, k = second half",
+}
+# group -> GB/s of its copy benchmark (timed first in each CUDA group), for extra_info["% copy"]
+COPY_GBS: dict[str, float] = {}
 
 
 def cuda_sync_timer() -> float:
@@ -180,6 +233,108 @@ def compile_unavailable(device: str) -> str | None:
 
 
 # ----------------------------------------------------------------------------------------------
+# peer: liger-kernel (optional; Triton, CUDA only)
+# ----------------------------------------------------------------------------------------------
+@functools.cache
+def _liger() -> SimpleNamespace:
+    from liger_kernel.ops.modulated_rms_norm import LigerModulatedRMSNormFunction
+    from liger_kernel.ops.rms_norm import LigerRMSNormFunction
+    from liger_kernel.ops.rope import rope_backward, rope_forward
+
+    return SimpleNamespace(rms=LigerRMSNormFunction, modulated=LigerModulatedRMSNormFunction,
+                           rope_forward=rope_forward, rope_backward=rope_backward)
+
+
+def liger_unavailable(device: str) -> str | None:
+    """Why the liger-kernel peer cannot run here, or None."""
+    if device != "cuda":
+        return "liger-kernel is Triton-based: its kernels run on CUDA only"
+    try:
+        _liger()
+    except Exception as e:
+        return f"liger-kernel is not importable ({_one_line(e, 160)}); pip install liger-kernel"
+    return None
+
+
+LIGER_EPS = 1e-5  # lumina's default (reference.rms_norm's eps)
+
+
+def _liger_rms_norm(x, w):
+    return _liger().rms.apply(x, w, LIGER_EPS, 0.0, "gemma", False)
+
+
+def _liger_modulated_rms_norm(x, w, scale):
+    return _liger().modulated.apply(x, w, scale, None, LIGER_EPS, 0.0, "gemma", False)
+
+
+class _LigerRope(torch.autograd.Function):
+    """liger's rope kernels on x (B, L, H, D) in the rotate-half layout, in place: q = x[:B/2], k = x[B/2:].
+
+    liger's rope_forward takes q and k as (B, H, L, D) views of (B, L, H, D) storage, exactly as
+    LigerRopeFunction does; cos / sin (L, D/2) fp32 with rotary_dim = D. The backward rotates the output
+    gradient in place, as LigerRopeFunction's does."""
+
+    @staticmethod
+    def forward(ctx, x, cos, sin):
+        h, d = x.shape[0] // 2, x.shape[-1]
+        _liger().rope_forward(x[:h].transpose(1, 2), x[h:].transpose(1, 2), cos, sin, None, 1, d)
+        ctx.save_for_backward(cos, sin)
+        return x
+
+    @staticmethod
+    def backward(ctx, g):
+        cos, sin = ctx.saved_tensors
+        g = g.contiguous()
+        h, d = g.shape[0] // 2, g.shape[-1]
+        _liger().rope_backward(g[:h].transpose(1, 2), g[h:].transpose(1, 2), cos, sin, None, 1, d)
+        return g, None, None
+
+
+def _liger_apply_rope(x, cos, sin):
+    return _LigerRope.apply(x, cos, sin)
+
+
+LIGER = {"rms_norm": _liger_rms_norm, "modulated_rms_norm": _liger_modulated_rms_norm,
+         "apply_rope": _liger_apply_rope}
+
+
+def _rotate_half_perm(d: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(perm, inverse): x[..., perm] puts the interleaved pairs (2i, 2i+1) at (i, i + d/2)."""
+    perm = torch.cat([torch.arange(0, d, 2), torch.arange(1, d, 2)]).to(device)
+    return perm, torch.argsort(perm)
+
+
+def _liger_inputs(op: str, args: list, grad_out):
+    """lumina's inputs as a liger user would hold them: (liger's arguments, its output gradient, a map of
+    liger's output / input gradient back to lumina's layout). Done once, outside the timed region."""
+    if op != "apply_rope":
+        return list(args), grad_out, lambda t: t
+    x, freqs = args
+    perm, inv = _rotate_half_perm(x.shape[-1], x.device)
+    x_rh = x.detach()[..., perm].contiguous().requires_grad_(x.requires_grad)
+    cos, sin = freqs.real.float().contiguous(), freqs.imag.float().contiguous()
+    g_rh = None if grad_out is None else grad_out[..., perm].contiguous()
+    return [x_rh, cos, sin], g_rh, lambda t: t[..., inv]
+
+
+def _check_liger(case: "Case", args, grad_idx, grad_out, largs, lgrad, back) -> None:
+    """liger's result (on copies: its rope works in place), mapped back, against lumina's reference."""
+    from lumina_kernels.testing import assert_close
+
+    ref, fn = REFERENCE[case.op], LIGER[case.op]
+    cargs = [a.detach().clone().requires_grad_(a.requires_grad) if isinstance(a, torch.Tensor) else a
+             for a in largs]
+    if case.pass_ == "fwd":
+        with torch.no_grad():
+            assert_close(back(fn(*cargs)), ref(*args), "forward", f"{case.id}: output")
+        return
+    got = torch.autograd.grad(fn(*cargs), [cargs[i] for i in grad_idx], lgrad.clone())
+    want = torch.autograd.grad(ref(*args), [args[i] for i in grad_idx], grad_out)
+    for i, g, w in zip(grad_idx, got, want):
+        assert_close(back(g) if i == 0 else g, w, "grad", f"{case.id}: gradient of argument {i}")
+
+
+# ----------------------------------------------------------------------------------------------
 # cases
 # ----------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
@@ -209,9 +364,10 @@ def _groups(device: str):
         norm = [((2, 256, 2304), torch.bfloat16), ((2, 256, 2304), torch.float32)]
         rope = [((2, 256, 32, 72), torch.bfloat16), ((2, 256, 32, 72), torch.float32)]
         solver = [((2, 16, 128, 128), torch.bfloat16), ((2, 16, 128, 128), torch.float32)]  # 1024^2 latents
-    else:
-        norm = [((2, 4096, 2304), torch.bfloat16)]
-        rope = [((2, 4096, 32, 72), torch.bfloat16), ((2, 4096, 32, 72), torch.float32)]
+    else:  # the 2B model under CFG (B = 2): 32 query heads, 8 KV heads, head dim 72, width 2304
+        norm = [((2, 4096, 2304), torch.bfloat16), ((2, 16384, 2304), torch.bfloat16)]
+        rope = [((2, L, H, 72), torch.bfloat16) for L in (4096, 16384) for H in (32, 8)]
+        rope.append(((2, 4096, 32, 72), torch.float32))
         solver = [((8, 16, 256, 256), torch.bfloat16), ((8, 16, 256, 256), torch.float32)]  # past the L2
     for pass_ in ("fwd", "fwdbwd"):
         for op in NORM_OPS:
@@ -232,12 +388,17 @@ def _cases() -> list:
         pytest.mark.skipif(not HAS_CUDA, reason="no CUDA GPU"),
         pytest.mark.benchmark(timer=cuda_sync_timer, min_time=0.002, max_time=CUDA_MAX_TIME, min_rounds=5, warmup=False),
     ]
-    # torch.compile cases come last, so that a run cut short by a timeout still has every other one.
-    for impls in (("lumina", "reference"), ("compiled",)):
+    # torch.compile cases come last, so that a run cut short by a timeout still has every other one. The
+    # copy (the group's ceiling) comes first in its group, so the rows after it can record their % of it.
+    for impls in (("lumina", "reference", "liger"), ("compiled",)):
         for device in ("cpu", "cuda"):
-            dev_impls = impls + (("lumina-eager", "copy") if device == "cuda" and "lumina" in impls else ())
+            dev_impls = impls
+            if device == "cuda" and "lumina" in impls:
+                dev_impls = ("copy",) + impls + ("lumina-eager",)
             for g in _groups(device):
                 for impl in dev_impls:
+                    if impl == "liger" and g[0] not in LIGER_OPS:
+                        continue
                     c = Case(*g, impl=impl)
                     params.append(pytest.param(c, id=c.id, marks=[cpu_mark] if device == "cpu" else cuda_marks))
     return params
@@ -318,6 +479,15 @@ def test_kernel(benchmark, case: Case):
             if reason:
                 pytest.skip(reason)
             fn = torch.compile(REFERENCE[case.op], dynamic=False)
+        elif case.impl == "liger":
+            info["peer"] = True
+            info["note"] = LIGER_NOTES[case.op]
+            reason = liger_unavailable(case.device)
+            if reason:
+                pytest.skip(reason)
+            if case.op == "apply_rope" and case.shape[0] % 2:
+                pytest.skip("the liger rope benchmark splits the batch into q and k halves: needs an even batch")
+            fn = LIGER[case.op]
         else:
             fn = REFERENCE[case.op] if case.impl == "reference" else LUMINA[case.op]
         steps = []
@@ -333,6 +503,11 @@ def test_kernel(benchmark, case: Case):
                 info["backend"] = lk.explain(EXPLAIN_AS.get(case.op, case.op), *args).backend
             if k == 0 and case.impl == "lumina":
                 _check_lumina(case, args, grad_idx, grad_out)
+            if case.impl == "liger":
+                largs, lgrad, back = _liger_inputs(case.op, args, grad_out)
+                if k == 0:
+                    _check_liger(case, args, grad_idx, grad_out, largs, lgrad, back)
+                args, grad_out = largs, lgrad
             steps.append(_step(fn, args, grad_idx, grad_out, case.pass_))
         if case.impl == "compiled":
             try:  # compiles (forward, and backward at its first call)
@@ -364,3 +539,8 @@ def test_kernel(benchmark, case: Case):
         median = benchmark.stats.stats.median
         info["median_us"] = median * 1e6
         info["GB/s"] = info["bytes"] / median / 1e9
+        if case.impl == "copy":
+            COPY_GBS[case.group] = info["GB/s"]
+        elif case.group in COPY_GBS:  # the fraction of the measured bandwidth ceiling
+            info["copy_GB/s"] = COPY_GBS[case.group]
+            info["% copy"] = 100 * info["GB/s"] / COPY_GBS[case.group]
