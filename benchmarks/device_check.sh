@@ -136,6 +136,12 @@ if [ -n "$missing" ]; then
     "$PY" -c "import pytest, pytest_benchmark" >/dev/null 2>&1 || HAVE_PYTEST=0
 fi
 
+# liger-kernel (the Triton peer of the norm and RoPE benchmarks, pure Python): optional, from carried wheels only
+if ! "$PY" -c "import liger_kernel" >/dev/null 2>&1 && ls "$WHEELS"/liger_kernel-*.whl >/dev/null 2>&1; then
+    run_step deps-liger "$ENV_LOG" 60 "$PY" -m pip install --no-index --no-deps --no-cache-dir --no-compile \
+        "$WHEELS"/liger_kernel-*.whl
+fi
+
 # diffusers (+ its needs) for the end-to-end comparison: optional, from carried wheels only
 if ! "$PY" -c "import diffusers" >/dev/null 2>&1 && ls "$WHEELS"/diffusers-*.whl >/dev/null 2>&1; then
     run_step deps-diffusers "$ENV_LOG" 120 "$PY" -m pip install --no-index --find-links "$WHEELS" --no-cache-dir \

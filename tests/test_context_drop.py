@@ -272,8 +272,9 @@ def test_pipeline_context_drop_off_is_bitwise_and_on_is_bounded(pipe):
         merged = pipe("a red circle", context_drop=cd, **kw)
         assert pipe.last_run["context_drop"] == ContextDrop.parse(cd).spec()
         psnr = _psnr(plain, merged)
-        # measured on this model (benchmarks/fidelity.py): ~30 dB pool, ~35 dB tome at 64^2, 8 steps
-        assert 20.0 < psnr < math.inf, (cd, psnr)
+        # measured for this prompt and seed: 52.5 dB pool, 56.9 dB tome; the bound leaves ~12 dB of margin
+        # (other prompts can flip composition: see the fidelity table in the README)
+        assert 40.0 < psnr < math.inf, (cd, psnr)
 
 
 @torch.inference_mode()
