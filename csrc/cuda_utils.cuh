@@ -11,6 +11,13 @@
 
 namespace lumina {
 
+// kernel<<<grid, block, smem, stream>>>, spelled LUMINA_LAUNCH(kernel, grid, block, smem, stream)(args...) so that
+// the warp emulator (csrc/cuda_emulate.h, for tests on the CPU) can run the same launch code; a kernel name with
+// template arguments goes in parentheses.
+#ifndef LUMINA_LAUNCH
+#define LUMINA_LAUNCH(kernel, grid, block, smem, stream) kernel<<<grid, block, smem, stream>>>
+#endif
+
 template <DType dt> struct CudaType;
 template <> struct CudaType<DType::kFloat32> { using type = float; };
 template <> struct CudaType<DType::kBFloat16> { using type = __nv_bfloat16; };

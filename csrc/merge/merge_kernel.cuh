@@ -1,5 +1,6 @@
 // CUDA kernels of token merging (see merge_params.h): one thread per output element, consecutive
-// threads along the width so that every token row is read coalesced; sums in fp32.
+// threads along the width so that every token row is read coalesced; sums in fp32. A width of 0 still
+// gets one thread per cell, which writes its count.
 #pragma once
 #include "../cuda_utils.cuh"
 #include "merge_cuda.h"
@@ -11,10 +12,10 @@ template <typename T>
 __global__ void __launch_bounds__(256) fwd_kernel(const MergeParams p) {
   const T* x = static_cast<const T*>(p.x);
   T* out = static_cast<T*>(p.out);
-  const int64_t W = p.width, total = p.batch * p.cells * W;
+  const int64_t W = p.width, lanes = W > 0 ? W : 1, total = p.batch * p.cells * lanes;
   for (int64_t idx = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; idx < total;
        idx += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const int64_t i = idx % W, bc = idx / W, b = bc / p.cells, c = bc % p.cells;
+    const int64_t i = idx % lanes, bc = idx / lanes, b = bc / p.cells, c = bc % p.cells;
     const int64_t cw = c % p.cgrid[2], ch = (c / p.cgrid[2]) % p.cgrid[1], cf = c / (p.cgrid[2] * p.cgrid[1]);
     const int64_t f1 = min(p.grid[0], (cf + 1) * p.factor[0]), h1 = min(p.grid[1], (ch + 1) * p.factor[1]),
                   w1 = min(p.grid[2], (cw + 1) * p.factor[2]);
@@ -25,10 +26,10 @@ __global__ void __launch_bounds__(256) fwd_kernel(const MergeParams p) {
         for (int64_t w = cw * p.factor[2]; w < w1; ++w) {
           const int64_t t = (f * p.grid[1] + h) * p.grid[2] + w;
           if (p.mask != nullptr && !p.mask[b * p.tokens + t]) continue;
-          acc += to_float(x[(b * p.tokens + t) * W + i]);
+          if (i < W) acc += to_float(x[(b * p.tokens + t) * W + i]);
           ++n;
         }
-    out[idx] = from_float<T>(n > 0 ? acc * (1.f / static_cast<float>(n)) : 0.f);
+    if (i < W) out[idx] = from_float<T>(n > 0 ? acc * (1.f / static_cast<float>(n)) : 0.f);
     if (i == 0) p.count[bc] = static_cast<float>(n);
   }
 }
@@ -54,7 +55,7 @@ cudaError_t launch(Kernel kernel, const MergeParams& p, int64_t total, cudaStrea
   const int threads = 256;
   const int64_t max_blocks = static_cast<int64_t>(num_sms()) * 32;
   const int64_t blocks = (total + threads - 1) / threads;
-  kernel<<<static_cast<unsigned>(blocks < max_blocks ? blocks : max_blocks), threads, 0, stream>>>(p);
+  LUMINA_LAUNCH(kernel, static_cast<unsigned>(blocks < max_blocks ? blocks : max_blocks), threads, 0, stream)(p);
   return cudaGetLastError();
 }
 
@@ -63,7 +64,7 @@ cudaError_t launch(Kernel kernel, const MergeParams& p, int64_t total, cudaStrea
 template <DType dt>
 cudaError_t launch_merge_fwd_cuda(const MergeParams& p, cudaStream_t stream) {
   using T = typename CudaType<dt>::type;
-  return merge_impl::launch(merge_impl::fwd_kernel<T>, p, p.batch * p.cells * p.width, stream);
+  return merge_impl::launch(merge_impl::fwd_kernel<T>, p, p.batch * p.cells * (p.width > 0 ? p.width : 1), stream);
 }
 
 template <DType dt>

@@ -216,9 +216,10 @@ cudaError_t launch_solver_update_cuda(const SolverUpdateParams& p, cudaStream_t 
   bool vec = solver_impl::aligned_to(p.x, sizeof(A) * V) && solver_impl::aligned_to(p.out, sizeof(A) * V);
   for (int t = 0; t < p.terms; ++t) vec = vec && solver_impl::aligned_to(p.ks[t], sizeof(K) * V);
   if (vec) {
-    solver_impl::update_kernel<A, K, V><<<solver_impl::grid_for(p.n / V), solver_impl::kThreads, 0, stream>>>(p);
+    LUMINA_LAUNCH((solver_impl::update_kernel<A, K, V>), solver_impl::grid_for(p.n / V), solver_impl::kThreads, 0,
+                  stream)(p);
   } else {
-    solver_impl::update_kernel<A, K, 1><<<solver_impl::grid_for(p.n), solver_impl::kThreads, 0, stream>>>(p);
+    LUMINA_LAUNCH((solver_impl::update_kernel<A, K, 1>), solver_impl::grid_for(p.n), solver_impl::kThreads, 0, stream)(p);
   }
   return cudaGetLastError();
 }
@@ -231,15 +232,16 @@ cudaError_t launch_cfg_combine_cuda(const CfgParams& p, cudaStream_t stream) {
   using namespace solver_impl;
   if (p.renorm > 0) {
     const int64_t blocks = p.batch * p.chunks, max_blocks = static_cast<int64_t>(num_sms()) * 32;
-    cfg_norm_kernel<T, C><<<static_cast<unsigned>(blocks < max_blocks ? blocks : max_blocks), kThreads, 0, stream>>>(p);
-    cfg_ratio_kernel<C><<<grid_for(p.batch), kThreads, 0, stream>>>(p);
+    LUMINA_LAUNCH((cfg_norm_kernel<T, C>), static_cast<unsigned>(blocks < max_blocks ? blocks : max_blocks), kThreads, 0,
+                  stream)(p);
+    LUMINA_LAUNCH(cfg_ratio_kernel<C>, grid_for(p.batch), kThreads, 0, stream)(p);
   }
   const bool vec = p.per % V == 0 && (p.guided < 0 || p.inner % V == 0) && aligned_to(p.cond, sizeof(T) * V) &&
                    aligned_to(p.uncond, sizeof(T) * V) && aligned_to(p.out, sizeof(C) * V);
   if (vec) {
-    cfg_apply_kernel<T, C, V><<<grid_for(p.batch * p.per / V), kThreads, 0, stream>>>(p);
+    LUMINA_LAUNCH((cfg_apply_kernel<T, C, V>), grid_for(p.batch * p.per / V), kThreads, 0, stream)(p);
   } else {
-    cfg_apply_kernel<T, C, 1><<<grid_for(p.batch * p.per), kThreads, 0, stream>>>(p);
+    LUMINA_LAUNCH((cfg_apply_kernel<T, C, 1>), grid_for(p.batch * p.per), kThreads, 0, stream)(p);
   }
   return cudaGetLastError();
 }

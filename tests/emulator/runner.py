@@ -26,25 +26,32 @@ def compiler() -> str | None:
 _lib = None
 
 
-def library() -> ctypes.CDLL:
-    """The emulator library, compiled once per source version into a cache folder."""
-    global _lib
-    if _lib is not None:
-        return _lib
+def build(main: pathlib.Path, sources, flags=()) -> pathlib.Path:
+    """Compiles `main` into a shared library, once per version of `sources` into a cache folder."""
     cxx = compiler()
     if cxx is None:
         raise RuntimeError("no C++ compiler (g++ or clang++) to build the warp emulator")
-    digest = hashlib.sha256(b"".join(p.read_bytes() for p in SOURCES)).hexdigest()[:16]
+    digest = hashlib.sha256(b"".join(p.read_bytes() for p in sources) + " ".join(flags).encode()).hexdigest()[:16]
     cache = pathlib.Path(os.environ.get("LUMINA_EMULATOR_CACHE", pathlib.Path(tempfile.gettempdir()) / "lumina-emulator"))
     cache.mkdir(parents=True, exist_ok=True)
-    so = cache / f"flash_emulator_{digest}.so"
+    so = cache / f"{main.stem}_{digest}.so"
     if not so.exists():
         tmp = so.with_suffix(f".{os.getpid()}.tmp")
-        cmd = [cxx, "-std=c++17", "-O2", "-shared", "-fPIC", "-Wall", "-Wno-unknown-pragmas", "-o", str(tmp),
-               str(HERE / "flash_emulator.cpp")]
-        subprocess.run(cmd, check=True, capture_output=True, text=True)
+        cmd = [cxx, "-std=c++17", "-O2", "-shared", "-fPIC", "-Wall", "-Wno-unknown-pragmas", *flags, "-o", str(tmp),
+               str(main)]
+        res = subprocess.run(cmd, capture_output=True, text=True)
+        if res.returncode != 0:
+            raise RuntimeError(f"building the emulator failed:\n{' '.join(cmd)}\n{res.stderr[-4000:]}")
         os.replace(tmp, so)
-    lib = ctypes.CDLL(str(so))
+    return so
+
+
+def library() -> ctypes.CDLL:
+    """The flash-attention emulator library."""
+    global _lib
+    if _lib is not None:
+        return _lib
+    lib = ctypes.CDLL(str(build(HERE / "flash_emulator.cpp", SOURCES)))
     lib.lumina_emulate_attention.restype = ctypes.c_int
     _lib = lib
     return lib

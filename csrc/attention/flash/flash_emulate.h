@@ -11,6 +11,10 @@
 //    and against races: two threads touching a byte between the same two barriers, at least one of
 //    them writing, is an error unless both are lanes of one warp separated by a collective instruction.
 // A deadlock (a round in which no fiber makes progress) is reported, not hung on.
+// Statically declared shared memory of plain CUDA kernels (`__shared__ T a[n]`, csrc/cuda_emulate.h) is a set
+// of static regions instead: they are filled with NaN bytes before every block, and the bytes each thread changes
+// are found by comparing them with a snapshot at every barrier, collective and thread switch, so writes there get
+// the same race check (reads of them are not seen; a read before the write shows as NaN instead).
 #pragma once
 #include <ucontext.h>
 
@@ -24,6 +28,7 @@
 #include <sstream>
 #include <stdexcept>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace lumina {
@@ -112,7 +117,18 @@ class Block {
  public:
   Block(int threads, size_t smem_bytes, size_t stack_bytes)
       : nthreads(threads), smem(smem_bytes + 16), shadow(smem_bytes), stack_bytes_(stack_bytes),
-        stacks_(static_cast<size_t>(threads) * stack_bytes), fibers_(threads), warps_((threads + 31) / 32) {}
+        stacks_(new char[static_cast<size_t>(threads) * stack_bytes]), fibers_(threads), warps_((threads + 31) / 32) {
+    dim[0] = threads;
+  }
+
+  // The static shared-memory regions (address, bytes) (see the top of this file); none by default.
+  void set_static_regions(const std::vector<std::pair<char*, size_t>>& regions) {
+    st_regions_ = regions;
+    st_n_ = 0;
+    for (const auto& r : regions) st_n_ += r.second;
+    st_snap_.assign(st_n_, 0);
+    st_shadow_.assign(st_n_, Shadow{});
+  }
 
   // Runs body(smem) on every thread of block (x, y, z); throws std::runtime_error on a defect.
   void run(const std::function<void(char*)>& body, int x, int y, int z, std::mt19937& rng) {
@@ -120,6 +136,11 @@ class Block {
     std::fill(smem.begin(), smem.end(), static_cast<char>(0xff));  // NaN in every 16-bit format
     std::fill(shadow.begin(), shadow.end(), Shadow{});
     for (auto& w : warps_) w = WarpState{};
+    if (st_n_ > 0) {
+      for (const auto& r : st_regions_) std::memset(r.first, 0xff, r.second);
+      std::fill(st_snap_.begin(), st_snap_.end(), static_cast<char>(0xff));
+      std::fill(st_shadow_.begin(), st_shadow_.end(), Shadow{});
+    }
     bar_arrived_ = 0, bar_gen_ = 0, error_.clear();
     body_ = &body;
     current_block() = this;
@@ -127,7 +148,7 @@ class Block {
       Fiber& f = fibers_[t];
       f.done = false;
       getcontext(&f.ctx);
-      f.ctx.uc_stack.ss_sp = stacks_.data() + static_cast<size_t>(t) * stack_bytes_;
+      f.ctx.uc_stack.ss_sp = stacks_.get() + static_cast<size_t>(t) * stack_bytes_;
       f.ctx.uc_stack.ss_size = stack_bytes_;
       f.ctx.uc_link = &sched_;
       makecontext(&f.ctx, &Block::entry, 0);
@@ -152,7 +173,31 @@ class Block {
   }
 
   // ---- called from the kernel's threads ----
-  void yield() { swapcontext(&fibers_[cur].ctx, &sched_); }
+  void yield() {
+    flush();
+    swapcontext(&fibers_[cur].ctx, &sched_);
+  }
+
+  // Records the bytes of the static shared region the running thread changed since the last flush as its
+  // writes, with the race check of shared_access.
+  void flush() {
+    if (st_n_ == 0) return;
+    const int warp = cur / 32;
+    const uint64_t wgen = warps_[warp].gen;
+    size_t i = 0;
+    for (const auto& r : st_regions_) {
+      for (size_t j = 0; j < r.second; ++j, ++i) {
+        if (r.first[j] == st_snap_[i]) continue;
+        st_snap_[i] = r.first[j];
+        if (!check_byte(st_shadow_[i], i, true, cur, warp, wgen)) {
+          fail("__shared__ memory race at byte " + std::to_string(j) + " of a __shared__ variable: thread " +
+               std::to_string(cur) + " writes a byte thread " + std::to_string(st_shadow_[i].writer) +
+               " wrote since the last barrier");
+          park();
+        }
+      }
+    }
+  }
 
   void fail(const std::string& msg) {
     if (error_.empty()) {
@@ -167,6 +212,7 @@ class Block {
   }
 
   void sync_block() {
+    flush();
     const uint64_t gen = bar_gen_;
     ++progress_;
     if (++bar_arrived_ == nthreads) {
@@ -179,6 +225,7 @@ class Block {
 
   // Deposits this lane's slot, waits for the warp, returns this lane's result.
   Slot collective(const Slot& mine, const std::function<void(const Slot*, Slot*, int warp)>& compute) {
+    flush();
     const int warp = cur / 32, lane = cur % 32;
     WarpState& w = warps_[warp];
     if (nthreads % 32 != 0) fail("collective instruction in a block that is not whole warps");
@@ -213,38 +260,45 @@ class Block {
     const uint64_t wgen = warps_[warp].gen;
     for (size_t i = 0; i < n; ++i) {
       Shadow& s = shadow[off + i];
-      const bool same_interval_w = s.writer >= 0 && s.writer != tid && s.w_epoch == bar_gen_;
-      if (same_interval_w && !(s.writer / 32 == warp && s.w_wgen < wgen)) {
-        fail("shared memory race at offset " + std::to_string(off + i) + ": thread " + std::to_string(tid) +
-             (write ? " writes" : " reads") + " a byte thread " + std::to_string(s.writer) +
-             " wrote since the last barrier");
-        park();
-      }
       if (!write && !s.written) {
-        fail("shared memory read of a byte never written, at offset " + std::to_string(off + i));
-        park();
-      }
-      if (write) {
-        const bool read_here = s.r_epoch == bar_gen_ && s.reader != tid;
-        if (read_here && !(s.reader_warp == warp && s.r_wgen < wgen)) {
-          fail("shared memory race at offset " + std::to_string(off + i) + ": thread " + std::to_string(tid) +
-               " writes a byte another thread read since the last barrier");
+        const bool racy = s.writer >= 0 && s.writer != tid && s.w_epoch == bar_gen_;
+        if (!racy) {
+          fail("shared memory read of a byte never written, at offset " + std::to_string(off + i));
           park();
         }
-        s.written = true, s.writer = tid, s.w_epoch = bar_gen_, s.w_wgen = wgen;
-      } else if (s.r_epoch != bar_gen_) {
-        s.reader = tid, s.reader_warp = warp, s.r_epoch = bar_gen_, s.r_wgen = wgen;
-      } else {
-        if (s.reader != tid) s.reader = -2;
-        if (s.reader_warp != warp) s.reader_warp = -1;
-        s.r_wgen = std::max(s.r_wgen, wgen);
+      }
+      if (!check_byte(s, off + i, write, tid, warp, wgen)) {
+        fail("shared memory race at offset " + std::to_string(off + i) + ": thread " + std::to_string(tid) +
+             (write ? " writes" : " reads") + " a byte thread " + std::to_string(s.writer >= 0 ? s.writer : s.reader) +
+             (write ? " touched" : " wrote") + " since the last barrier");
+        park();
       }
     }
+  }
+
+  // The race rule for one byte: false on a race, else records the access.
+  bool check_byte(Shadow& s, size_t, bool write, int tid, int warp, uint64_t wgen) {
+    const bool same_interval_w = s.writer >= 0 && s.writer != tid && s.w_epoch == bar_gen_;
+    if (same_interval_w && !(s.writer / 32 == warp && s.w_wgen < wgen)) return false;
+    if (write) {
+      const bool read_here = s.r_epoch == bar_gen_ && s.reader != tid;
+      if (read_here && !(s.reader_warp == warp && s.r_wgen < wgen)) return false;
+      s.written = true, s.writer = tid, s.w_epoch = bar_gen_, s.w_wgen = wgen;
+    } else if (s.r_epoch != bar_gen_) {
+      s.reader = tid, s.reader_warp = warp, s.r_epoch = bar_gen_, s.r_wgen = wgen;
+    } else {
+      if (s.reader != tid) s.reader = -2;
+      if (s.reader_warp != warp) s.reader_warp = -1;
+      s.r_wgen = std::max(s.r_wgen, wgen);
+    }
+    return true;
   }
 
   int nthreads;
   int cur = 0;
   int idx[3] = {0, 0, 0};
+  int dim[3] = {1, 1, 1};   // blockDim
+  int grid[3] = {1, 1, 1};  // gridDim
   std::vector<char> smem;
   std::vector<Shadow> shadow;
 
@@ -253,11 +307,12 @@ class Block {
     Block* b = current_block();
     const int t = b->cur;
     (*b->body_)(b->smem.data());
+    b->flush();
     b->fibers_[t].done = true;  // returns to sched_ through uc_link
   }
 
   size_t stack_bytes_;
-  std::vector<char> stacks_;
+  std::unique_ptr<char[]> stacks_;  // not cleared: only the pages a fiber touches are mapped
   std::vector<Fiber> fibers_;
   std::vector<WarpState> warps_;
   ucontext_t sched_;
@@ -265,6 +320,10 @@ class Block {
   int bar_arrived_ = 0;
   uint64_t bar_gen_ = 0, progress_ = 0;
   std::string error_;
+  std::vector<std::pair<char*, size_t>> st_regions_;
+  size_t st_n_ = 0;
+  std::vector<char> st_snap_;
+  std::vector<Shadow> st_shadow_;
 };
 
 // Runs a kernel body over a grid, one block after another. The body gets the block's shared memory.

@@ -1,0 +1,3 @@
+// Stand-in for the CUDA header <cuda_bf16.h> under the warp emulator (tests/emulator): see csrc/cuda_emulate.h.
+#pragma once
+#include "../../../csrc/cuda_emulate.h"

@@ -1,0 +1,190 @@
+"""Builds tests/emulator/kernels_emulator.cpp and runs the merge and solver CUDA kernels (csrc/merge, csrc/solver)
+through it on CPU tensors, launched by their own launchers (see csrc/cuda_emulate.h).
+
+Every output is written into a NaN-filled buffer with guard elements on both sides, checked afterwards (a store
+out of bounds or an element never written shows up); `offset` places every tensor that many elements past a
+64-byte boundary, so that offset 1 sends the launchers down their scalar (unvectorised) paths."""
+from __future__ import annotations
+
+import ctypes
+import pathlib
+
+import torch
+
+from runner import HERE, ROOT, build, compiler  # noqa: F401  (compiler: for the tests' skip)
+
+SOURCES = [HERE / "kernels_emulator.cpp", *sorted((HERE / "cuda_shim").glob("*.h")), ROOT / "csrc" / "cuda_emulate.h",
+           ROOT / "csrc" / "attention" / "flash" / "flash_emulate.h", ROOT / "csrc" / "cuda_utils.cuh",
+           ROOT / "csrc" / "cuda_device.h", ROOT / "csrc" / "common.h",
+           *sorted((ROOT / "csrc" / "merge").glob("merge_*.*h")), *sorted((ROOT / "csrc" / "merge").glob("*.cuh")),
+           *sorted((ROOT / "csrc" / "solver").glob("solver_*.*h")), *sorted((ROOT / "csrc" / "solver").glob("*.cuh"))]
+FLAGS = ("-ffp-contract=off", f"-I{HERE / 'cuda_shim'}")
+DTYPE = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}               # DType (common.h)
+SOLVER_TYPE = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2, torch.float64: 3}  # SolverType
+GUARD = 16
+
+_lib = None
+
+
+def library() -> ctypes.CDLL:
+    global _lib
+    if _lib is None:
+        lib = ctypes.CDLL(str(build(HERE / "kernels_emulator.cpp", SOURCES, FLAGS)))
+        lib.lumina_emu_configure.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_uint32]
+        _lib = lib
+    return _lib
+
+
+def configure(sms: int = 4, max_blocks: int = 0, seed: int = 0) -> None:
+    """The SM count the launchers see (grids are capped at 32 per SM), a cap on the blocks the emulator runs
+    along x (0: none; the kernels' grid-stride loops must cover the rest), the thread scheduler's seed."""
+    library().lumina_emu_configure(sms, max_blocks, seed)
+
+
+def launches() -> list[tuple[str, int, int, int]]:
+    """(kernel, grid.x, block.x, blocks run along x) of every launch since configure()."""
+    buf = ctypes.create_string_buffer(1 << 16)
+    library().lumina_emu_launches(buf, len(buf))
+    rows = [line.split("\t") for line in buf.value.decode().splitlines()]
+    return [(k, int(g), int(b), int(r)) for k, g, b, r in rows]
+
+
+class _Buffer:
+    """A tensor at `offset` elements into a guarded buffer."""
+
+    def __init__(self, shape, dtype, offset: int, fill: torch.Tensor | None = None):
+        n = 1
+        for s in shape:
+            n *= s
+        # 64-byte aligned storage, then the offset
+        self.raw = torch.full((offset + n + GUARD + 64,), float("nan"), dtype=dtype)
+        skip = (-self.raw.data_ptr() % 64) // self.raw.element_size()
+        self.start = skip + offset
+        self.n = n
+        self.before = self.raw[: self.start].clone()
+        self.after = self.raw[self.start + n:].clone()
+        self.t = self.raw[self.start: self.start + n].view(shape)
+        if fill is not None:
+            self.t.copy_(fill)
+
+    def ptr(self):
+        return ctypes.c_void_p(self.t.data_ptr())
+
+    def check(self, what: str) -> torch.Tensor:
+        same = lambda a, b: torch.equal(a.isnan(), b.isnan()) and torch.equal(a.nan_to_num(), b.nan_to_num())  # noqa
+        assert same(self.raw[: self.start], self.before), f"{what}: written before the start of the buffer"
+        assert same(self.raw[self.start + self.n:], self.after), f"{what}: written past the end of the buffer"
+        return self.t.clone()
+
+
+def _err():
+    return ctypes.create_string_buffer(1024)
+
+
+def _raise(rc: int, err, what: str) -> None:
+    if rc != 0:
+        raise RuntimeError(f"emulated {what} failed: {err.value.decode()}")
+
+
+def _geometry(grid, factor):
+    g = (1,) * (3 - len(grid)) + tuple(grid)
+    f = (1,) * (3 - len(factor)) + tuple(factor)
+    cells = 1
+    for a, k in zip(g, f):
+        cells *= -(-a // k)
+    return (ctypes.c_int64 * 3)(*g), (ctypes.c_int64 * 3)(*f), cells
+
+
+def merge_tokens(x: torch.Tensor, grid, factor, mask: torch.Tensor | None = None, offset: int = 0):
+    """(out, count) of the CUDA merge_tokens forward kernel: x (B, L, ...)."""
+    B, L = x.shape[:2]
+    W = x[0, 0].numel() if B and L else 0
+    g, f, cells = _geometry(grid, factor)
+    xb = _Buffer(x.shape, x.dtype, offset, x)
+    out = _Buffer((B, cells, *x.shape[2:]), x.dtype, offset)
+    count = _Buffer((B, cells), torch.float32, offset)
+    m = mask.contiguous() if mask is not None else None
+    err = _err()
+    rc = library().lumina_emu_merge(0, DTYPE[x.dtype], ctypes.c_int64(B), ctypes.c_int64(W), g, f, xb.ptr(),
+                                    ctypes.c_void_p(m.data_ptr() if m is not None else 0), out.ptr(), count.ptr(),
+                                    None, None, err, len(err))
+    _raise(rc, err, "merge_tokens")
+    return out.check("out"), count.check("count")
+
+
+def merge_tokens_backward(grad_out: torch.Tensor, mask, count: torch.Tensor, grid, factor, offset: int = 0):
+    """grad_x of the CUDA merge_tokens backward kernel."""
+    B, C = grad_out.shape[:2]
+    W = grad_out[0, 0].numel()
+    g, f, cells = _geometry(grid, factor)
+    assert cells == C
+    L = g[0] * g[1] * g[2]
+    gb = _Buffer(grad_out.shape, grad_out.dtype, offset, grad_out)
+    cb = _Buffer(count.shape, torch.float32, offset, count)
+    gx = _Buffer((B, L, *grad_out.shape[2:]), grad_out.dtype, offset)
+    m = mask.contiguous() if mask is not None else None
+    err = _err()
+    rc = library().lumina_emu_merge(1, DTYPE[grad_out.dtype], ctypes.c_int64(B), ctypes.c_int64(W), g, f, None,
+                                    ctypes.c_void_p(m.data_ptr() if m is not None else 0), None, cb.ptr(), gb.ptr(),
+                                    gx.ptr(), err, len(err))
+    _raise(rc, err, "merge_tokens_backward")
+    return gx.check("grad_x")
+
+
+def solver_update(x: torch.Tensor, ks, coeffs, h: float, offset: int = 0, k_offset: int | None = None):
+    """The CUDA solver_update kernel, terms as solver_host.cpp builds them (zero coefficients skipped)."""
+    terms = [(k, h * c) for k, c in zip(ks, coeffs) if c != 0]
+    ko = offset if k_offset is None else k_offset
+    xb = _Buffer(x.shape, x.dtype, offset, x)
+    kbs = [_Buffer(k.shape, k.dtype, ko, k) for k, _ in terms]
+    out = _Buffer(x.shape, x.dtype, offset)
+    kptrs = (ctypes.c_void_p * 7)(*[b.t.data_ptr() for b in kbs])
+    alpha = (ctypes.c_double * 7)(*[a for _, a in terms])
+    ktype = SOLVER_TYPE[ks[0].dtype]
+    err = _err()
+    rc = library().lumina_emu_solver_update(SOLVER_TYPE[x.dtype], ktype, len(terms), xb.ptr(), kptrs, alpha,
+                                            out.ptr(), ctypes.c_int64(x.numel()), err, len(err))
+    _raise(rc, err, "solver_update")
+    for b in kbs:
+        b.check("ks")
+    return out.check("out")
+
+
+def cfg_chunks(per: int) -> int:
+    """The renorm split of solver_host.cpp: chunks per sample."""
+    return min(1024, (per + 2047) // 2048)
+
+
+def cfg_combine(cond, uncond, scale: float, channels=None, renorm=None, offset: int = 0, chunks: int | None = None):
+    """(out, workspace) of the CUDA cfg_combine kernels; the arguments as solver_host.cpp turns them into params
+    (chunks: the host's split unless given). workspace: the renorm partials then ratios (None without renorm)."""
+    low = cond.dtype in (torch.bfloat16, torch.float16)
+    odt = torch.float32 if low else cond.dtype
+    B = cond.shape[0] if cond.dim() >= 1 else 1
+    per = cond.numel() // B
+    if channels is not None:
+        C = cond.shape[1]
+        inner = per // C
+        guided = min(channels, C)
+    else:
+        C, inner, guided = 1, 1, -1
+    cb = _Buffer(cond.shape, cond.dtype, offset, cond)
+    ub = _Buffer(uncond.shape, uncond.dtype, offset, uncond)
+    out = _Buffer(cond.shape, odt, offset)
+    r = 0.0 if renorm is None else float(renorm)
+    n_chunks = (chunks or cfg_chunks(per)) if r > 0 else 1
+    ws = _Buffer((B * (2 * n_chunks + 1),), torch.float64, 0) if r > 0 else None
+    err = _err()
+    rc = library().lumina_emu_cfg_combine(
+        SOLVER_TYPE[cond.dtype], ctypes.c_int64(B), ctypes.c_int64(per), ctypes.c_int64(C), ctypes.c_int64(inner),
+        ctypes.c_int64(guided), ctypes.c_double(scale), ctypes.c_double(r), ctypes.c_int64(n_chunks), cb.ptr(),
+        ub.ptr(), out.ptr(), ws.ptr() if ws is not None else None, err, len(err))
+    _raise(rc, err, "cfg_combine")
+    return out.check("out"), (ws.check("workspace") if ws is not None else None)
+
+
+def defect(case: int) -> None:
+    """Runs a plain CUDA kernel with a deliberate defect (1 __shared__ race, 2 partial shuffle mask, 3 deadlock,
+    4 an empty grid); raises RuntimeError with the emulator's report."""
+    err = _err()
+    _raise(library().lumina_emu_defect(case, err, len(err)), err, "defect kernel")

@@ -1,0 +1,174 @@
+// Runs the token-merging and solver-step CUDA kernels (csrc/merge, csrc/solver) on the CPU under the warp
+// emulator, for tests/test_kernel_emulator.py. The kernels and their launchers (launch_merge_*_cuda,
+// launch_solver_update_cuda, launch_cfg_combine_cuda: grid sizes, the vectorised / scalar choice, the renorm
+// passes) are the .cuh source nvcc compiles; CUDA itself is csrc/cuda_emulate.h, reached through the stand-in
+// CUDA headers of cuda_shim/. Built by tests/emulator/runner.py with the host compiler, called through ctypes.
+#include "../../csrc/cuda_emulate.h"
+
+#include <cstring>
+#include <stdexcept>
+#include <string>
+
+#include "../../csrc/merge/merge_kernel.cuh"
+#include "../../csrc/solver/solver_kernel.cuh"
+
+using namespace lumina;
+
+namespace {
+
+int report(const std::exception& e, char* err, int err_len) {
+  std::strncpy(err, e.what(), static_cast<size_t>(err_len) - 1);
+  err[err_len - 1] = 0;
+  return 1;
+}
+
+template <SolverType state>
+cudaError_t update_for_state(const SolverUpdateParams& p, SolverType k) {  // as solver_cuda.cpp dispatches
+  switch (k) {
+    case SolverType::kFloat32: return launch_solver_update_cuda<state, SolverType::kFloat32>(p, nullptr);
+    case SolverType::kFloat64: return launch_solver_update_cuda<state, SolverType::kFloat64>(p, nullptr);
+    case SolverType::kBFloat16: return launch_solver_update_cuda<state, SolverType::kBFloat16>(p, nullptr);
+    case SolverType::kFloat16: return launch_solver_update_cuda<state, SolverType::kFloat16>(p, nullptr);
+  }
+  return cudaErrorInvalidValue;
+}
+
+template <template <DType> class Fn>
+cudaError_t by_dtype(int dtype, const MergeParams& p) {
+  switch (static_cast<DType>(dtype)) {
+    case DType::kFloat32: return Fn<DType::kFloat32>::run(p);
+    case DType::kBFloat16: return Fn<DType::kBFloat16>::run(p);
+    case DType::kFloat16: return Fn<DType::kFloat16>::run(p);
+  }
+  return cudaErrorInvalidValue;
+}
+template <DType dt>
+struct MergeFwd {
+  static cudaError_t run(const MergeParams& p) { return launch_merge_fwd_cuda<dt>(p, nullptr); }
+};
+template <DType dt>
+struct MergeBwd {
+  static cudaError_t run(const MergeParams& p) { return launch_merge_bwd_cuda<dt>(p, nullptr); }
+};
+
+void check(cudaError_t e) {
+  if (e != cudaSuccess) throw std::runtime_error("launcher returned CUDA error " + std::to_string(e));
+}
+
+// A block of 64 threads with a deliberate defect in a plain CUDA kernel, which the emulator must report:
+// 1 two threads write one __shared__ word between barriers, 2 a warp shuffle with a partial mask,
+// 3 half the block skips __syncthreads, 4 a grid of zero blocks.
+__global__ void defect_kernel(int which, float* out) {
+  __shared__ float word[2];
+  const int t = threadIdx.x;
+  if (which == 1) {
+    word[t % 2] = static_cast<float>(t);
+    __syncthreads();
+    out[t] = word[0];
+  } else if (which == 2) {
+    out[t] = __shfl_xor_sync(0xffffu, 1.f, 1);
+  } else if (which == 3) {
+    if (t < 32) __syncthreads();
+  }
+}
+}  // namespace
+
+extern "C" {
+
+// The SM count the launchers see, a cap on the blocks run along x (0: none), the scheduler's seed. Clears the
+// launch log.
+void lumina_emu_configure(int sms, int64_t max_blocks, uint32_t seed) {
+  cuda_emu::config() = {sms, max_blocks, seed};
+  cuda_emu::launches().clear();
+}
+
+// The launches since lumina_emu_configure, one a line: kernel \t grid.x \t block.x \t blocks run along x.
+int lumina_emu_launches(char* buf, int len) {
+  std::string s;
+  for (const auto& l : cuda_emu::launches())
+    s += l.kernel + "\t" + std::to_string(l.grid[0]) + "\t" + std::to_string(l.block[0]) + "\t" +
+         std::to_string(l.ran_x) + "\n";
+  std::strncpy(buf, s.c_str(), static_cast<size_t>(len) - 1);
+  buf[len - 1] = 0;
+  return static_cast<int>(s.size());
+}
+
+// merge_tokens (backward = 0) or its backward (1) for DType dtype; grid and factor as (f, h, w), the geometry
+// filled in as merge_host.cpp does. Returns 0, or 1 with a message in err.
+int lumina_emu_merge(int backward, int dtype, int64_t batch, int64_t width, const int64_t* grid,
+                     const int64_t* factor, const void* x, const bool* mask, void* out, float* count,
+                     const void* grad_out, void* grad_x, char* err, int err_len) {
+  MergeParams p;
+  p.cells = 1;
+  for (int i = 0; i < 3; ++i) {
+    p.grid[i] = grid[i], p.factor[i] = factor[i];
+    p.cgrid[i] = (grid[i] + factor[i] - 1) / factor[i];
+    p.cells *= p.cgrid[i];
+  }
+  p.batch = batch, p.width = width, p.tokens = grid[0] * grid[1] * grid[2];
+  p.x = x, p.mask = mask, p.out = out, p.count = count, p.grad_out = grad_out, p.grad_x = grad_x;
+  try {
+    check(backward ? by_dtype<MergeBwd>(dtype, p) : by_dtype<MergeFwd>(dtype, p));
+  } catch (const std::exception& e) {
+    return report(e, err, err_len);
+  }
+  return 0;
+}
+
+// solver_update with `terms` k tensors; state and ktype are SolverType values.
+int lumina_emu_solver_update(int state, int ktype, int terms, const void* x, const void* const* ks,
+                             const double* alpha, void* out, int64_t n, char* err, int err_len) {
+  SolverUpdateParams p;
+  p.x = x, p.out = out, p.n = n, p.terms = terms;
+  for (int t = 0; t < terms && t < kMaxSolverTerms; ++t) p.ks[t] = ks[t], p.alpha[t] = alpha[t];
+  try {
+    const SolverType k = static_cast<SolverType>(ktype);
+    check(static_cast<SolverType>(state) == SolverType::kFloat64 ? update_for_state<SolverType::kFloat64>(p, k)
+                                                                 : update_for_state<SolverType::kFloat32>(p, k));
+  } catch (const std::exception& e) {
+    return report(e, err, err_len);
+  }
+  return 0;
+}
+
+// cfg_combine of `type` (SolverType); guided < 0: plain; renorm > 0 with `chunks` chunks per sample and a
+// workspace of batch * (2 * chunks + 1) doubles (partials, then ratios).
+int lumina_emu_cfg_combine(int type, int64_t batch, int64_t per, int64_t channels, int64_t inner, int64_t guided,
+                           double scale, double renorm, int64_t chunks, const void* cond, const void* uncond,
+                           void* out, double* workspace, char* err, int err_len) {
+  CfgParams p;
+  p.batch = batch, p.per = per, p.channels = channels, p.inner = inner, p.guided = guided;
+  p.scale = scale, p.renorm = renorm;
+  p.cond = cond, p.uncond = uncond, p.out = out;
+  if (renorm > 0) {
+    p.chunks = chunks;
+    p.chunk = (per + chunks - 1) / chunks;
+    p.partial = workspace;
+    p.ratio = workspace + batch * chunks * 2;
+  }
+  try {
+    cudaError_t e = cudaErrorInvalidValue;
+    switch (static_cast<SolverType>(type)) {
+      case SolverType::kFloat32: e = launch_cfg_combine_cuda<SolverType::kFloat32>(p, nullptr); break;
+      case SolverType::kFloat64: e = launch_cfg_combine_cuda<SolverType::kFloat64>(p, nullptr); break;
+      case SolverType::kBFloat16: e = launch_cfg_combine_cuda<SolverType::kBFloat16>(p, nullptr); break;
+      case SolverType::kFloat16: e = launch_cfg_combine_cuda<SolverType::kFloat16>(p, nullptr); break;
+    }
+    check(e);
+  } catch (const std::exception& e) {
+    return report(e, err, err_len);
+  }
+  return 0;
+}
+
+int lumina_emu_defect(int which, char* err, int err_len) {
+  float out[64];
+  try {
+    LUMINA_LAUNCH(defect_kernel, which == 4 ? 0u : 1u, 64, 0, nullptr)(which, out);
+  } catch (const std::exception& e) {
+    return report(e, err, err_len);
+  }
+  return 0;
+}
+
+}  // extern "C"
