@@ -1,6 +1,7 @@
-// Plain CUDA C++ on the CPU: what the merge and solver kernels (csrc/merge, csrc/solver) use of CUDA, carried out
-// by the warp emulator of csrc/attention/flash/flash_emulate.h, so that their .cuh source runs unchanged under a
-// host C++ compiler for tests (tests/emulator/kernels_emulator.cpp). Never part of the product.
+// Plain CUDA C++ on the CPU: what the merge, solver, RMSNorm and RoPE kernels (csrc/merge, csrc/solver, csrc/norm,
+// csrc/rope) use of CUDA, carried out by the warp emulator of csrc/attention/flash/flash_emulate.h, so that their
+// .cuh source runs unchanged under a host C++ compiler for tests (tests/emulator/kernels_emulator.cpp). Never part
+// of the product.
 //
 // The CUDA headers the kernels include (cuda_runtime.h, cuda_bf16.h, ...) are replaced by the forwarding headers
 // of tests/emulator/cuda_shim, which include this file. It provides:
@@ -16,7 +17,8 @@
 //    must give the same result with fewer blocks), the scheduler's seed; every launch is logged;
 //  * __nv_bfloat16 / __half with exact round-to-nearest-even conversions, the _rn arithmetic intrinsics (the
 //    host's IEEE operations: build with -ffp-contract=off so that nothing else is fused), min / max, atomicAdd,
-//    the vector types (float2, float4, uint4, ...), and the runtime calls the launchers make.
+//    the vector types (float2, float4, uint4, ...), rsqrtf (correctly rounded; the GPU's is approximate), and the
+//    runtime calls the launchers make.
 #pragma once
 #include <cxxabi.h>
 #include <dlfcn.h>
@@ -345,6 +347,10 @@ inline double __ddiv_rn(double a, double b) { return a / b; }
 inline float __fsqrt_rn(float a) { return std::sqrt(a); }
 inline double __dsqrt_rn(double a) { return std::sqrt(a); }
 inline float __double2float_rn(double a) { return static_cast<float>(a); }
+// The approximate device functions: the correctly rounded value (a GPU's rsqrtf is within 2 ulp of it, its tanhf
+// within 2 ulp of the host's), so results are compared with tolerances, not bit for bit, where these are used.
+inline float rsqrtf(float a) { return static_cast<float>(1.0 / std::sqrt(static_cast<double>(a))); }
+// tanhf, sqrtf, expf, ...: the host's <cmath> functions of the same names.
 inline float __int2float_rn(int a) { return static_cast<float>(a); }
 template <typename T>
 inline T __ldg(const T* p) { return *p; }

@@ -180,7 +180,7 @@ cudaError_t dispatch_shape(const P& p, const LaunchShape& s, dim3 grid, cudaStre
 template <typename T, int VEC, int K>
 struct FwdLaunch {
   static cudaError_t run(const RmsNormFwdParams& p, dim3 grid, int threads, cudaStream_t stream) {
-    fwd_kernel<T, VEC, K><<<grid, threads, 0, stream>>>(p);
+    LUMINA_LAUNCH((fwd_kernel<T, VEC, K>), grid, threads, 0, stream)(p);
     return cudaGetLastError();
   }
 };
@@ -188,7 +188,7 @@ struct FwdLaunch {
 template <typename T, int VEC, int K>
 struct BwdLaunch {
   static cudaError_t run(const RmsNormBwdParams& p, dim3 grid, int threads, cudaStream_t stream) {
-    bwd_kernel<T, VEC, K><<<grid, threads, 0, stream>>>(p);
+    LUMINA_LAUNCH((bwd_kernel<T, VEC, K>), grid, threads, 0, stream)(p);
     return cudaGetLastError();
   }
 };

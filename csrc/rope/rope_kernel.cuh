@@ -44,7 +44,8 @@ cudaError_t launch(const RopeParams& p, cudaStream_t stream) {
   const int threads = 256;
   const int64_t max_blocks = static_cast<int64_t>(num_sms()) * 32;
   const int64_t blocks = (total + threads - 1) / threads;
-  rope_kernel<T, PAIRS><<<static_cast<unsigned>(blocks < max_blocks ? blocks : max_blocks), threads, 0, stream>>>(p);
+  LUMINA_LAUNCH((rope_kernel<T, PAIRS>), static_cast<unsigned>(blocks < max_blocks ? blocks : max_blocks), threads, 0,
+                stream)(p);
   return cudaGetLastError();
 }
 

@@ -1,5 +1,6 @@
-"""Builds tests/emulator/kernels_emulator.cpp and runs the merge and solver CUDA kernels (csrc/merge, csrc/solver)
-through it on CPU tensors, launched by their own launchers (see csrc/cuda_emulate.h).
+"""Builds tests/emulator/kernels_emulator.cpp and runs the merge, solver, RMSNorm and RoPE CUDA kernels (csrc/merge,
+csrc/solver, csrc/norm, csrc/rope) through it on CPU tensors, launched by their own launchers (see
+csrc/cuda_emulate.h).
 
 Every output is written into a NaN-filled buffer with guard elements on both sides, checked afterwards (a store
 out of bounds or an element never written shows up); `offset` places every tensor that many elements past a
@@ -17,7 +18,9 @@ SOURCES = [HERE / "kernels_emulator.cpp", *sorted((HERE / "cuda_shim").glob("*.h
            ROOT / "csrc" / "attention" / "flash" / "flash_emulate.h", ROOT / "csrc" / "cuda_utils.cuh",
            ROOT / "csrc" / "cuda_device.h", ROOT / "csrc" / "common.h",
            *sorted((ROOT / "csrc" / "merge").glob("merge_*.*h")), *sorted((ROOT / "csrc" / "merge").glob("*.cuh")),
-           *sorted((ROOT / "csrc" / "solver").glob("solver_*.*h")), *sorted((ROOT / "csrc" / "solver").glob("*.cuh"))]
+           *sorted((ROOT / "csrc" / "solver").glob("solver_*.*h")), *sorted((ROOT / "csrc" / "solver").glob("*.cuh")),
+           *sorted((ROOT / "csrc" / "norm").glob("norm_*.*h")), *sorted((ROOT / "csrc" / "norm").glob("*.cuh")),
+           *sorted((ROOT / "csrc" / "rope").glob("rope_*.*h")), *sorted((ROOT / "csrc" / "rope").glob("*.cuh"))]
 FLAGS = ("-ffp-contract=off", f"-I{HERE / 'cuda_shim'}")
 DTYPE = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}               # DType (common.h)
 SOLVER_TYPE = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2, torch.float64: 3}  # SolverType
@@ -181,6 +184,95 @@ def cfg_combine(cond, uncond, scale: float, channels=None, renorm=None, offset: 
         ub.ptr(), out.ptr(), ws.ptr() if ws is not None else None, err, len(err))
     _raise(rc, err, "cfg_combine")
     return out.check("out"), (ws.check("workspace") if ws is not None else None)
+
+
+def _ptr_or_null(b: _Buffer | None):
+    return b.ptr() if b is not None else None
+
+
+def rms_norm(x: torch.Tensor, weight, scale=None, gate=None, residual=None, eps: float = 1e-5, offset: int = 0):
+    """(out, rstd) of the CUDA fused_rms_norm forward kernel, x viewed as norm_host.cpp views it: [batch, rows, dim]
+    with batch = x.shape[0] when scale or gate is given, else 1."""
+    dim = x.shape[-1]
+    batch = x.shape[0] if (scale is not None or gate is not None) else 1
+    rows = x.numel() // (batch * dim)
+    xb = _Buffer(x.shape, x.dtype, offset, x)
+    wb = _Buffer(weight.shape, weight.dtype, offset, weight)
+    sb = _Buffer(scale.shape, scale.dtype, offset, scale) if scale is not None else None
+    gb = _Buffer(gate.shape, gate.dtype, offset, gate) if gate is not None else None
+    rb = _Buffer(residual.shape, residual.dtype, offset, residual) if residual is not None else None
+    out = _Buffer(x.shape, x.dtype, offset)
+    rstd = _Buffer(x.shape[:-1], torch.float32, offset)
+    err = _err()
+    rc = library().lumina_emu_rms_norm_fwd(
+        DTYPE[x.dtype], ctypes.c_int64(batch), ctypes.c_int64(rows), ctypes.c_int64(dim), ctypes.c_float(eps),
+        xb.ptr(), wb.ptr(), _ptr_or_null(sb), _ptr_or_null(gb), _ptr_or_null(rb), out.ptr(), rstd.ptr(), err, len(err))
+    _raise(rc, err, "fused_rms_norm")
+    for b, what in ((xb, "x"), (wb, "weight"), (sb, "scale"), (gb, "gate"), (rb, "residual")):
+        if b is not None:
+            b.check(what)
+    return out.check("out"), rstd.check("rstd")
+
+
+def norm_chunks(batch: int, rows: int, target_blocks: int) -> tuple[int, int]:
+    """(chunks, rows_per_chunk): the backward's split of the rows of one batch (norm_host.cpp)."""
+    b = max(batch, 1)
+    chunks = max(1, min(rows, (target_blocks + b - 1) // b))
+    return chunks, (1 if rows == 0 else (rows + chunks - 1) // chunks)
+
+
+def rms_norm_backward(grad_out, x, weight, scale, gate, rstd, target_blocks: int | None = None, offset: int = 0):
+    """(grad_x, grad_weight, grad_scale, grad_gate, partials) of the CUDA fused_rms_norm backward kernel, the partial
+    sums reduced as norm_host.cpp reduces them (fp32 sums over (batch, chunk) / chunk, then the inputs' dtype).
+    target_blocks: the host's 4 * num_sms unless given. partials: (weight, scale, gate) [batch, chunks, dim] or None."""
+    dim = x.shape[-1]
+    batch = x.shape[0] if (scale is not None or gate is not None) else 1
+    rows = x.numel() // (batch * dim)
+    sms = library().lumina_emu_sms()
+    chunks, rpc = norm_chunks(batch, rows, 4 * sms if target_blocks is None else target_blocks)
+    gob = _Buffer(grad_out.shape, grad_out.dtype, offset, grad_out)
+    xb = _Buffer(x.shape, x.dtype, offset, x)
+    wb = _Buffer(weight.shape, weight.dtype, offset, weight)
+    sb = _Buffer(scale.shape, scale.dtype, offset, scale) if scale is not None else None
+    gb = _Buffer(gate.shape, gate.dtype, offset, gate) if gate is not None else None
+    rb = _Buffer(rstd.shape, torch.float32, 0, rstd)
+    gx = _Buffer(x.shape, x.dtype, offset)
+    pw = _Buffer((batch, chunks, dim), torch.float32, 0)
+    ps = _Buffer((batch, chunks, dim), torch.float32, 0) if scale is not None else None
+    pg = _Buffer((batch, chunks, dim), torch.float32, 0) if gate is not None else None
+    err = _err()
+    rc = library().lumina_emu_rms_norm_bwd(
+        DTYPE[x.dtype], ctypes.c_int64(batch), ctypes.c_int64(rows), ctypes.c_int64(dim), ctypes.c_int64(chunks),
+        ctypes.c_int64(rpc), gob.ptr(), xb.ptr(), wb.ptr(), _ptr_or_null(sb), _ptr_or_null(gb),
+        ctypes.c_void_p(rb.t.data_ptr()), gx.ptr(), pw.ptr(), _ptr_or_null(ps), _ptr_or_null(pg), err, len(err))
+    _raise(rc, err, "fused_rms_norm_backward")
+    for b, what in ((gob, "grad_out"), (xb, "x"), (wb, "weight"), (sb, "scale"), (gb, "gate"), (rb, "rstd")):
+        if b is not None:
+            b.check(what)
+    parts = (pw.check("partial_weight"), ps.check("partial_scale") if ps is not None else None,
+             pg.check("partial_gate") if pg is not None else None)
+    grad_weight = parts[0].sum((0, 1)).to(weight.dtype)
+    grad_scale = parts[1].sum(1).to(x.dtype) if scale is not None else None
+    grad_gate = parts[2].sum(1).to(x.dtype) if gate is not None else None
+    return gx.check("grad_x"), grad_weight, grad_scale, grad_gate, parts
+
+
+def rope(x: torch.Tensor, freqs_cis: torch.Tensor, inverse: bool = False, offset: int = 0, freqs_offset: int = 0):
+    """The CUDA rope kernel: x (B, L, H, D), freqs_cis complex64 (L, D/2) or (B, L, D/2). `offset` is in elements of
+    x (keep it even: the host rejects a split pair), `freqs_offset` in floats of the table."""
+    B, L, H, D = x.shape
+    f = torch.view_as_real(freqs_cis.contiguous()).reshape(-1)
+    xb = _Buffer(x.shape, x.dtype, offset, x)
+    fb = _Buffer(f.shape, torch.float32, freqs_offset, f)
+    out = _Buffer(x.shape, x.dtype, offset)
+    err = _err()
+    rc = library().lumina_emu_rope(DTYPE[x.dtype], ctypes.c_int64(B), ctypes.c_int64(L), ctypes.c_int64(H),
+                                   ctypes.c_int64(D), int(freqs_cis.dim() == 3), int(inverse), xb.ptr(),
+                                   ctypes.c_void_p(fb.t.data_ptr()), out.ptr(), err, len(err))
+    _raise(rc, err, "rope")
+    xb.check("x")
+    fb.check("freqs")
+    return out.check("out")
 
 
 def defect(case: int) -> None:

@@ -1,7 +1,8 @@
-// Runs the token-merging and solver-step CUDA kernels (csrc/merge, csrc/solver) on the CPU under the warp
-// emulator, for tests/test_kernel_emulator.py. The kernels and their launchers (launch_merge_*_cuda,
-// launch_solver_update_cuda, launch_cfg_combine_cuda: grid sizes, the vectorised / scalar choice, the renorm
-// passes) are the .cuh source nvcc compiles; CUDA itself is csrc/cuda_emulate.h, reached through the stand-in
+// Runs the token-merging, solver-step, RMSNorm and RoPE CUDA kernels (csrc/merge, csrc/solver, csrc/norm,
+// csrc/rope) on the CPU under the warp emulator, for tests/test_kernel_emulator.py and
+// tests/test_kernel_emulator_norm_rope.py. The kernels and their launchers (launch_merge_*_cuda,
+// launch_solver_update_cuda, launch_cfg_combine_cuda, launch_rms_norm_{fwd,bwd}_cuda, launch_rope_cuda: grid
+// sizes, the vectorised / scalar choice, vectors per thread, the renorm passes) are the .cuh source nvcc compiles; CUDA itself is csrc/cuda_emulate.h, reached through the stand-in
 // CUDA headers of cuda_shim/. Built by tests/emulator/runner.py with the host compiler, called through ctypes.
 #include "../../csrc/cuda_emulate.h"
 
@@ -10,6 +11,8 @@
 #include <string>
 
 #include "../../csrc/merge/merge_kernel.cuh"
+#include "../../csrc/norm/norm_kernel.cuh"
+#include "../../csrc/rope/rope_kernel.cuh"
 #include "../../csrc/solver/solver_kernel.cuh"
 
 using namespace lumina;
@@ -51,6 +54,29 @@ struct MergeBwd {
   static cudaError_t run(const MergeParams& p) { return launch_merge_bwd_cuda<dt>(p, nullptr); }
 };
 
+// Fn<dt>::run(p) for a DType value, as dispatch_cuda_dtype (cuda_host.h) does.
+template <template <DType> class Fn, typename P>
+cudaError_t for_dtype(int dtype, const P& p) {
+  switch (static_cast<DType>(dtype)) {
+    case DType::kFloat32: return Fn<DType::kFloat32>::run(p);
+    case DType::kBFloat16: return Fn<DType::kBFloat16>::run(p);
+    case DType::kFloat16: return Fn<DType::kFloat16>::run(p);
+  }
+  return cudaErrorInvalidValue;
+}
+template <DType dt>
+struct NormFwd {
+  static cudaError_t run(const RmsNormFwdParams& p) { return launch_rms_norm_fwd_cuda<dt>(p, nullptr); }
+};
+template <DType dt>
+struct NormBwd {
+  static cudaError_t run(const RmsNormBwdParams& p) { return launch_rms_norm_bwd_cuda<dt>(p, nullptr); }
+};
+template <DType dt>
+struct Rope {
+  static cudaError_t run(const RopeParams& p) { return launch_rope_cuda<dt>(p, nullptr); }
+};
+
 void check(cudaError_t e) {
   if (e != cudaSuccess) throw std::runtime_error("launcher returned CUDA error " + std::to_string(e));
 }
@@ -81,6 +107,9 @@ void lumina_emu_configure(int sms, int64_t max_blocks, uint32_t seed) {
   cuda_emu::config() = {sms, max_blocks, seed};
   cuda_emu::launches().clear();
 }
+
+// The SM count the launchers see (the host's num_sms, e.g. for the RMSNorm backward's chunks).
+int lumina_emu_sms() { return cuda_emu::config().sms; }
 
 // The launches since lumina_emu_configure, one a line: kernel \t grid.x \t block.x \t blocks run along x.
 int lumina_emu_launches(char* buf, int len) {
@@ -155,6 +184,55 @@ int lumina_emu_cfg_combine(int type, int64_t batch, int64_t per, int64_t channel
       case SolverType::kFloat16: e = launch_cfg_combine_cuda<SolverType::kFloat16>(p, nullptr); break;
     }
     check(e);
+  } catch (const std::exception& e) {
+    return report(e, err, err_len);
+  }
+  return 0;
+}
+
+// fused_rms_norm for DType dtype, x viewed as [batch, rows, dim] (norm_host.cpp); scale, gate, residual may be
+// null.
+int lumina_emu_rms_norm_fwd(int dtype, int64_t batch, int64_t rows, int64_t dim, float eps, const void* x,
+                            const void* weight, const void* scale, const void* gate, const void* residual, void* out,
+                            float* rstd, char* err, int err_len) {
+  RmsNormFwdParams p;
+  p.x = x, p.weight = weight, p.scale = scale, p.gate = gate, p.residual = residual, p.out = out, p.rstd = rstd;
+  p.batch = batch, p.rows = rows, p.dim = dim, p.eps = eps;
+  try {
+    check(for_dtype<NormFwd>(dtype, p));
+  } catch (const std::exception& e) {
+    return report(e, err, err_len);
+  }
+  return 0;
+}
+
+// fused_rms_norm_backward: grad_x and the per-(batch, chunk) partial sums, chunks as norm_host.cpp splits the rows.
+int lumina_emu_rms_norm_bwd(int dtype, int64_t batch, int64_t rows, int64_t dim, int64_t chunks,
+                            int64_t rows_per_chunk, const void* grad_out, const void* x, const void* weight,
+                            const void* scale, const void* gate, const float* rstd, void* grad_x,
+                            float* partial_weight, float* partial_scale, float* partial_gate, char* err, int err_len) {
+  RmsNormBwdParams p;
+  p.grad_out = grad_out, p.x = x, p.weight = weight, p.scale = scale, p.gate = gate, p.rstd = rstd;
+  p.grad_x = grad_x, p.partial_weight = partial_weight, p.partial_scale = partial_scale;
+  p.partial_gate = partial_gate;
+  p.batch = batch, p.rows = rows, p.dim = dim, p.chunks = chunks, p.rows_per_chunk = rows_per_chunk;
+  try {
+    check(for_dtype<NormBwd>(dtype, p));
+  } catch (const std::exception& e) {
+    return report(e, err, err_len);
+  }
+  return 0;
+}
+
+// rope on x [batch, seq, heads, head_dim] with freqs (float pairs) [batch or 1, seq, head_dim / 2, 2].
+int lumina_emu_rope(int dtype, int64_t batch, int64_t seq, int64_t heads, int64_t head_dim, int per_batch,
+                    int inverse, const void* x, const float* freqs, void* out, char* err, int err_len) {
+  RopeParams p;
+  p.x = x, p.freqs = freqs, p.out = out;
+  p.batch = batch, p.seq = seq, p.heads = heads, p.head_dim = head_dim;
+  p.freqs_per_batch = per_batch != 0, p.inverse = inverse != 0;
+  try {
+    check(for_dtype<Rope>(dtype, p));
   } catch (const std::exception& e) {
     return report(e, err, err_len);
   }

@@ -186,6 +186,10 @@ class Block {
     const uint64_t wgen = warps_[warp].gen;
     size_t i = 0;
     for (const auto& r : st_regions_) {
+      if (std::memcmp(r.first, st_snap_.data() + i, r.second) == 0) {  // the common case: untouched
+        i += r.second;
+        continue;
+      }
       for (size_t j = 0; j < r.second; ++j, ++i) {
         if (r.first[j] == st_snap_[i]) continue;
         st_snap_[i] = r.first[j];
