@@ -18,8 +18,9 @@
 # Environment (all optional):
 #   OUT              where the logs go (default ./device_out)
 #   PYTHON           interpreter (default python3)
-#   LUMINA_WHEELS    folder of wheels for pytest / pytest-benchmark / hypothesis and their needs, used
-#                    only for the missing ones (default .wheels in the repository root)
+#   LUMINA_WHEELS    folder of wheels (default .whl in the repository root, filled by benchmarks/fetch_wheels.sh):
+#                    every wheel there is installed into /tmp/lumina-site, put on PYTHONPATH; pytest /
+#                    pytest-benchmark / hypothesis are also installed from it if missing
 #   T_BUILD T_INFO T_TESTS T_SAMPLE T_BENCH   per-step timeouts in seconds (default 240 30 100 150 180)
 #   DEADLINE         seconds for the whole script (default 560): a step gets at most what is left, and a step
 #                    with under 20 s left is skipped, so the device call's 600 s limit is never hit
@@ -36,7 +37,7 @@ ROOT=$PWD
 OUT=${OUT:-$ROOT/device_out}
 mkdir -p "$OUT" || exit 2
 PY=${PYTHON:-python3}
-WHEELS=${LUMINA_WHEELS:-$ROOT/.wheels}
+WHEELS=${LUMINA_WHEELS:-$ROOT/.whl}
 T_BUILD=${T_BUILD:-240}
 T_INFO=${T_INFO:-30}
 T_TESTS=${T_TESTS:-100}
@@ -118,6 +119,14 @@ sys.exit(0 if torch.cuda.is_available() else "torch sees no CUDA GPU")
 '
 grep -E "Driver Version|NVIDIA H" "$ENV_LOG" | head -n 2 | sed 's/^/    /'
 
+# optional pure-Python packages the machine lacks (diffusers, liger-kernel: benchmarks/fetch_wheels.sh puts them
+# in .whl/, which the device tool carries): installed into a separate folder on PYTHONPATH, as the device README does
+if ls "$WHEELS"/*.whl >/dev/null 2>&1; then
+    run_step wheels "$ENV_LOG" 120 "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+        --target /tmp/lumina-site "$WHEELS"/*.whl
+    export PYTHONPATH=/tmp/lumina-site${PYTHONPATH:+:$PYTHONPATH}
+fi
+
 # pytest, pytest-benchmark and hypothesis: install from carried wheels only if missing
 HAVE_PYTEST=1
 missing=$("$PY" - <<'EOF'
@@ -134,18 +143,6 @@ if [ -n "$missing" ]; then
         skip_step deps "missing $missing and no wheels in $WHEELS"
     fi
     "$PY" -c "import pytest, pytest_benchmark" >/dev/null 2>&1 || HAVE_PYTEST=0
-fi
-
-# liger-kernel (the Triton peer of the norm and RoPE benchmarks, pure Python): optional, from carried wheels only
-if ! "$PY" -c "import liger_kernel" >/dev/null 2>&1 && ls "$WHEELS"/liger_kernel-*.whl >/dev/null 2>&1; then
-    run_step deps-liger "$ENV_LOG" 60 "$PY" -m pip install --no-index --no-deps --no-cache-dir --no-compile \
-        "$WHEELS"/liger_kernel-*.whl
-fi
-
-# diffusers (+ its needs) for the end-to-end comparison: optional, from carried wheels only
-if ! "$PY" -c "import diffusers" >/dev/null 2>&1 && ls "$WHEELS"/diffusers-*.whl >/dev/null 2>&1; then
-    run_step deps-diffusers "$ENV_LOG" 120 "$PY" -m pip install --no-index --find-links "$WHEELS" --no-cache-dir \
-        --no-compile diffusers
 fi
 
 # ---------------------------------------------------------------------------------------------
