@@ -307,6 +307,11 @@ def test_graphs_persist_across_calls_with_new_captions(pipe):
     assert torch.equal(second, pipe("a blue square", cuda_graphs=False, **kw))
     assert not torch.equal(first, second)
     assert len(pipe._graph_cache) == 1
+    (signature,) = pipe._graph_cache
+    assert signature[1][1] % pipe.CAPTION_BUCKET == 0  # captions padded (masked) to a bucket: lengths share graphs
+    longer = pipe("a blue square next to a small red circle", cuda_graphs="emulate", **kw)
+    assert pipe.last_run["cuda_graphs"]["captures"] == 0
+    assert torch.equal(longer, pipe("a blue square next to a small red circle", cuda_graphs=False, **kw))
 
 
 def test_graph_refusals(pipe):

@@ -129,6 +129,7 @@ class LuminaPipeline:
                              f"channels but the transformer expects in_channels={tcfg.in_channels}")
 
     GRAPH_CACHE_SIZE = 4  # GraphedVelocity objects kept (each holds its graphs and their memory pool)
+    CAPTION_BUCKET = 64  # with CUDA graphs, caption lengths are padded to a multiple of this
 
     # -- loading ---------------------------------------------------------------------------------
     @classmethod
@@ -373,7 +374,10 @@ class LuminaPipeline:
         refused = _graphs_refused(cuda_graphs, self.device, scaling)
         run = dict(context_drop=None if context_drop is None else context_drop.spec(), cuda_graphs=refused, nfe=0)
         if refused is None:
-            # graphs persist across calls with the same shapes and settings: captured once, replayed ever after
+            # graphs persist across calls with the same shapes and settings: captured once, replayed ever after.
+            # Captions are padded (masked) to a multiple of CAPTION_BUCKET tokens so prompts of similar length share
+            # graphs; masked keys add exact zeros to the attention, so the result is unchanged.
+            feats, mask = _pad_captions(feats, mask, self.CAPTION_BUCKET)
             signature = (B, tuple(feats.shape), feats.dtype, height, width, guided, cfg, cfg_channels, cfg_renorm,
                          cfg_truncation, scaling, base_seq_len, context_drop, compile, cuda_graphs, str(self.device))
             velocity = self._graph_cache.pop(signature, None)
@@ -410,6 +414,17 @@ class LuminaPipeline:
             return latents
         images = self.codec.decode(latents.float())
         return images if output_type == "pt" else to_pil(images)
+
+
+def _pad_captions(feats: torch.Tensor, mask: torch.Tensor, bucket: int):
+    """Pad (B, L, D) caption features with zeros and their (B, L) mask with False up to a multiple of `bucket`."""
+    L = feats.shape[1]
+    pad = -L % bucket
+    if pad == 0:
+        return feats, mask
+    feats = torch.nn.functional.pad(feats, (0, 0, 0, pad))
+    mask = torch.nn.functional.pad(mask, (0, pad), value=False)
+    return feats, mask
 
 
 def _truncated(t_value: float | None, tau: float | None, dtype: torch.dtype) -> bool:
