@@ -292,7 +292,8 @@ class LuminaPipeline:
           ``"emulate"``: the graph bookkeeping on any device, for tests. A capture that fails warns and samples
           eagerly. Graphs are kept with the pipeline (the last 4 call signatures: batch, size, guidance and
           context-drop settings), so a repeated call replays them without capturing again; the caption features
-          are copied into the graphs' static inputs. ``compile``: run the transformer under ``torch.compile`` (``True`` = inductor, or a backend
+          are copied into the graphs' static inputs (padded and masked to a multiple of :attr:`CAPTION_BUCKET` tokens, which
+          changes nothing in the result). ``compile``: run the transformer under ``torch.compile`` (``True`` = inductor, or a backend
           name); compiled once per pipeline.
         * after a call, :attr:`last_run` holds what was used (context drop spec, graphs captured and replayed, or
           why graphs were refused, model evaluations).
