@@ -12,18 +12,12 @@
 #include <cmath>
 #include <limits>
 
+#include "../cpu_utils.h"
 #include "solver_host.h"
 
-// On x86-64 Linux with GCC the hot loops are compiled twice, for x86-64-v3 (AVX2 + FMA: std::fma becomes a
-// vector fused multiply-add) and for the baseline (std::fma is libm's: exact, but a call), and the loader picks
-// one. Both give the same results. Elsewhere std::fma is the target's own (aarch64) or libm's.
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
-#define LUMINA_FMA_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
-#define LUMINA_INLINE inline __attribute__((always_inline))
-#else
-#define LUMINA_FMA_CLONES
-#define LUMINA_INLINE inline
-#endif
+// The hot loops are LUMINA_FMA_CLONES (cpu_utils.h): in the x86-64-v3 clone std::fma becomes a vector fused
+// multiply-add, in the baseline it is libm's (exact, but a call). Both give the same results, since every
+// multiply-add here is an explicit std::fma. Elsewhere std::fma is the target's own (aarch64) or libm's.
 
 namespace lumina {
 namespace {
