@@ -44,22 +44,24 @@ constexpr int vec16() { return 16 / static_cast<int>(sizeof(T)); }
 
 inline bool aligned16(const void* p) { return p == nullptr || (reinterpret_cast<uintptr_t>(p) % 16) == 0; }
 
-__device__ __forceinline__ float warp_sum(float v) {
+// Sum over the warp (a fixed butterfly: deterministic), returned to every lane; float or double.
+template <typename T>
+__device__ __forceinline__ T warp_sum(T v) {
 #pragma unroll
   for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
   return v;
 }
 
-// Sum over the block, returned to every thread. `shared` holds 32 floats; callers alternate two
-// such buffers between consecutive calls so that one barrier per call suffices.
-__device__ __forceinline__ float block_sum(float v, float* shared) {
+// Sum over the block (a fixed tree: deterministic), returned to every thread. `shared` holds 32 values;
+// consecutive calls need distinct buffers (e.g. alternate two), since only one barrier is taken per call.
+template <typename T>
+__device__ __forceinline__ T block_sum(T v, T* shared) {
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int nwarps = (blockDim.x + 31) >> 5;
   v = warp_sum(v);
   if (lane == 0) shared[warp] = v;
   __syncthreads();
-  float t = lane < nwarps ? shared[lane] : 0.f;
-  return warp_sum(t);
+  return warp_sum(lane < nwarps ? shared[lane] : T(0));
 }
 
 }  // namespace lumina

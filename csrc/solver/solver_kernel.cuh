@@ -146,22 +146,6 @@ __global__ void __launch_bounds__(kThreads) cfg_apply_kernel(const CfgParams p) 
   }
 }
 
-__device__ __forceinline__ double warp_sum_d(double v) {
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-  return v;
-}
-
-// Sum over the block (a fixed tree: deterministic), returned to every thread; `shared` holds 32 doubles.
-__device__ __forceinline__ double block_sum_d(double v, double* shared) {
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  const int nwarps = (blockDim.x + 31) >> 5;
-  v = warp_sum_d(v);
-  if (lane == 0) shared[warp] = v;
-  __syncthreads();
-  return warp_sum_d(lane < nwarps ? shared[lane] : 0.0);
-}
-
 template <typename T, typename C>
 __global__ void __launch_bounds__(kThreads) cfg_norm_kernel(const CfgParams p) {
   __shared__ double red[2][32];
@@ -178,8 +162,8 @@ __global__ void __launch_bounds__(kThreads) cfg_norm_kernel(const CfgParams p) {
       sv = __fma_rn(v, v, sv);
       sc = __fma_rn(cd, cd, sc);
     }
-    sv = block_sum_d(sv, red[0]);
-    sc = block_sum_d(sc, red[1]);
+    sv = block_sum(sv, red[0]);
+    sc = block_sum(sc, red[1]);
     if (threadIdx.x == 0) {
       p.partial[bj * 2] = sv;
       p.partial[bj * 2 + 1] = sc;
