@@ -21,19 +21,12 @@ from lumina_kernels.testing import assert_close, assert_within_update_bound
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent / "emulator"))
 import kernel_runner as kr  # noqa: E402
+from kernel_runner import fresh_config  # noqa: E402,F401  (autouse: a fresh emulator configuration per test)
 
 pytestmark = [pytest.mark.skipif(kr.compiler() is None, reason="no host C++ compiler for the warp emulator"),
               pytest.mark.skipif(lk.LOAD_ERROR is not None, reason=f"extension not loaded: {lk.LOAD_ERROR}")]
 
 
-@pytest.fixture(autouse=True)
-def _fresh_config():
-    kr.configure()
-    yield
-
-
-def _kernels():
-    return [k.split("(")[0].replace("void ", "") for k, *_ in kr.launches()]
 
 
 # ---- merge_tokens -----------------------------------------------------------------------------------------
@@ -101,7 +94,7 @@ def test_solver_update(state, kdtype, terms, offset):
     assert torch.equal(out, cpu), f"max diff {(out.double() - cpu.double()).abs().max().item():.3g}: FMA chain order"
     assert_within_update_bound(out, reference.solver_update(x, ks, coeffs, h), x, ks, coeffs, h)
     V = 16 // x.element_size()
-    (kernel,) = _kernels()
+    (kernel,) = kr.launched_kernels()
     assert kernel.endswith(f", {V if offset == 0 else 1}>"), kernel  # aligned: vectorised; offset by 1: scalar
 
 
@@ -113,7 +106,7 @@ def test_solver_update_misaligned_ks_only_and_grid_stride():
     b = kr.solver_update(x, ks, [0.5, -1.0, 2.0], 0.05, k_offset=1)  # x and out aligned, ks not: scalar path
     want = lk.solver_update(x, ks, [0.5, -1.0, 2.0], 0.05)
     assert torch.equal(a, want) and torch.equal(b, want)
-    vec, scalar = _kernels()
+    vec, scalar = kr.launched_kernels()
     assert vec.endswith(", 4>") and scalar.endswith(", 1>"), (vec, scalar)
     assert [(r[1], r[3]) for r in kr.launches()] == [(4, 1), (17, 1)]  # grids as launched, 1 block run
 
@@ -157,7 +150,7 @@ def test_cfg_combine(dtype, shape, channels):
         V = 4 if got.dtype == torch.float32 else 2
         per, inner = cond[0].numel(), cond[0, 0].numel()
         vec = offset == 0 and per % V == 0 and (channels is None or inner % V == 0)  # the launcher's rule
-        (kernel,) = _kernels()
+        (kernel,) = kr.launched_kernels()
         assert kernel.endswith(f", {V if vec else 1}>"), kernel
 
 

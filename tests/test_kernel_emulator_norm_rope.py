@@ -24,6 +24,7 @@ from lumina_kernels.testing import assert_close, rope_table
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent / "emulator"))
 import kernel_runner as kr  # noqa: E402
+from kernel_runner import fresh_config  # noqa: E402,F401  (autouse: a fresh emulator configuration per test)
 
 pytestmark = [pytest.mark.skipif(kr.compiler() is None, reason="no host C++ compiler for the warp emulator"),
               pytest.mark.skipif(lk.LOAD_ERROR is not None, reason=f"extension not loaded: {lk.LOAD_ERROR}")]
@@ -31,14 +32,6 @@ pytestmark = [pytest.mark.skipif(kr.compiler() is None, reason="no host C++ comp
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 
 
-@pytest.fixture(autouse=True)
-def _fresh_config():
-    kr.configure()
-    yield
-
-
-def _kernels():
-    return [k.split("(")[0].replace("void ", "") for k, *_ in kr.launches()]
 
 
 def _shape(dim: int, dtype, aligned: bool = True):
@@ -82,7 +75,7 @@ def test_rms_norm_forward(flags, lead, dim, dtype):
     assert_close(out, cpu_out, msg=f"{flags} vs the CPU kernel")
     assert_close(out, reference.fused_rms_norm(x, w, scale, gate, residual, 1e-5), msg=f"{flags} vs the reference")
     vec, threads, k = _shape(dim, dtype)
-    (kernel,) = _kernels()
+    (kernel,) = kr.launched_kernels()
     assert kernel.endswith(f"{16 // x.element_size() if vec else 1}, {k}>"), kernel
     assert kr.launches()[0][2] == threads
 
@@ -165,7 +158,7 @@ def test_rms_norm_eight_scalars_per_thread(dtype):
     # misaligned and 4095 wide: 512 threads, 8 scalars each, the last one partly past the row
     x, w, scale, gate, residual = _norm_inputs((2, 2), 4095, dtype, (True, False, True))
     out, rstd = kr.rms_norm(x, w, scale, gate, residual, offset=1)
-    assert _kernels()[0].endswith("1, 8>") and kr.launches()[0][2] == 512
+    assert kr.launched_kernels()[0].endswith("1, 8>") and kr.launches()[0][2] == 512
     assert_close(out, torch.ops.lumina.fused_rms_norm(x, w, scale, gate, residual, 1e-5)[0])
     assert_close(out, reference.fused_rms_norm(x, w, scale, gate, residual, 1e-5))
     g = torch.randn_like(x)
@@ -182,7 +175,7 @@ def test_rms_norm_backward_scalar_path_and_width_limit():
     a = kr.rms_norm_backward(g, x, w, scale, gate, rstd)
     kr.configure()
     b = kr.rms_norm_backward(g, x, w, scale, gate, rstd, offset=1)  # misaligned: one element per access
-    assert _kernels()[0].endswith("1, 1>")
+    assert kr.launched_kernels()[0].endswith("1, 1>")
     for u, v in zip(a[:4], b[:4]):
         assert_close(u, v, kind="grad")
     # wider than the kernels hold (4096 scalars per row): the launcher refuses, as norm_cuda.cpp's check says
@@ -218,7 +211,7 @@ def test_rope(shape, dtype, per_batch):
         assert_close(out, torch.ops.lumina.rope(x, f, inverse), msg=f"{shape} {dtype} inverse={inverse} vs CPU")
         assert_close(out, reference.apply_rope(x, f, inverse), msg=f"{shape} {dtype} inverse={inverse}")
         pairs = 8 // x.element_size() if (D // 2) % (8 // x.element_size()) == 0 else 1
-        (kernel,) = _kernels()
+        (kernel,) = kr.launched_kernels()
         assert kernel.endswith(f", {pairs}>"), kernel
     back = kr.rope(kr.rope(x.float(), f), f, inverse=True)
     assert_close(back, x.float(), msg="the inverse undoes the rotation")

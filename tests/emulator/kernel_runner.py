@@ -10,6 +10,7 @@ from __future__ import annotations
 import ctypes
 import pathlib
 
+import pytest
 import torch
 
 from runner import HERE, ROOT, build, compiler  # noqa: F401  (compiler: for the tests' skip)
@@ -50,6 +51,18 @@ def launches() -> list[tuple[str, int, int, int]]:
     library().lumina_emu_launches(buf, len(buf))
     rows = [line.split("\t") for line in buf.value.decode().splitlines()]
     return [(k, int(g), int(b), int(r)) for k, g, b, r in rows]
+
+
+def launched_kernels() -> list[str]:
+    """The kernel names (without "void " and arguments) of every launch since configure()."""
+    return [k.split("(")[0].replace("void ", "") for k, *_ in launches()]
+
+
+@pytest.fixture(autouse=True)
+def fresh_config():
+    """Reset the emulator's configuration (and launch log) before each test; import it into a test module."""
+    configure()
+    yield
 
 
 class _Buffer:

@@ -36,8 +36,9 @@ cudaError_t update_for_state(const SolverUpdateParams& p, SolverType k) {  // as
   return cudaErrorInvalidValue;
 }
 
-template <template <DType> class Fn>
-cudaError_t by_dtype(int dtype, const MergeParams& p) {
+// Fn<dt>::run(p) for a DType value, as dispatch_cuda_dtype (cuda_host.h) does.
+template <template <DType> class Fn, typename P>
+cudaError_t for_dtype(int dtype, const P& p) {
   switch (static_cast<DType>(dtype)) {
     case DType::kFloat32: return Fn<DType::kFloat32>::run(p);
     case DType::kBFloat16: return Fn<DType::kBFloat16>::run(p);
@@ -54,16 +55,6 @@ struct MergeBwd {
   static cudaError_t run(const MergeParams& p) { return launch_merge_bwd_cuda<dt>(p, nullptr); }
 };
 
-// Fn<dt>::run(p) for a DType value, as dispatch_cuda_dtype (cuda_host.h) does.
-template <template <DType> class Fn, typename P>
-cudaError_t for_dtype(int dtype, const P& p) {
-  switch (static_cast<DType>(dtype)) {
-    case DType::kFloat32: return Fn<DType::kFloat32>::run(p);
-    case DType::kBFloat16: return Fn<DType::kBFloat16>::run(p);
-    case DType::kFloat16: return Fn<DType::kFloat16>::run(p);
-  }
-  return cudaErrorInvalidValue;
-}
 template <DType dt>
 struct NormFwd {
   static cudaError_t run(const RmsNormFwdParams& p) { return launch_rms_norm_fwd_cuda<dt>(p, nullptr); }
@@ -137,7 +128,7 @@ int lumina_emu_merge(int backward, int dtype, int64_t batch, int64_t width, cons
   p.batch = batch, p.width = width, p.tokens = grid[0] * grid[1] * grid[2];
   p.x = x, p.mask = mask, p.out = out, p.count = count, p.grad_out = grad_out, p.grad_x = grad_x;
   try {
-    check(backward ? by_dtype<MergeBwd>(dtype, p) : by_dtype<MergeFwd>(dtype, p));
+    check(backward ? for_dtype<MergeBwd>(dtype, p) : for_dtype<MergeFwd>(dtype, p));
   } catch (const std::exception& e) {
     return report(e, err, err_len);
   }
