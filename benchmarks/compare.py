@@ -26,6 +26,8 @@ import json
 import sys
 from dataclasses import dataclass
 
+from summarize import _time  # compare.py runs as a script from benchmarks/, as summarize.py does
+
 
 class CompareError(Exception):
     """A file that cannot be compared (unreadable, not JSON, not a pytest-benchmark JSON)."""
@@ -86,14 +88,6 @@ def verdict(old: dict, new: dict, threshold_iqr: float, min_ratio: float) -> Row
     else:
         v = "same"
     return Row(key(new), om, nm, spread, lumina, v)
-
-
-def _time(seconds: float) -> str:
-    if seconds < 1e-3:
-        return f"{seconds * 1e6:.1f} us"
-    if seconds < 1:
-        return f"{seconds * 1e3:.3f} ms"
-    return f"{seconds:.3f} s"
 
 
 def _machine(data: dict) -> str:

@@ -41,12 +41,15 @@ import math
 import os
 import platform
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+from .summarize import run_commit
 
 ROOT = Path(__file__).resolve().parent.parent
 STEPS, CFG = 30, 4.0
@@ -137,12 +140,6 @@ def _sync(device):
         torch.cuda.synchronize()
 
 
-def _median(xs):
-    xs = sorted(xs)
-    n = len(xs)
-    return xs[n // 2] if n % 2 else 0.5 * (xs[n // 2 - 1] + xs[n // 2])
-
-
 def _timed(fn, device, runs):
     times = []
     for _ in range(runs):
@@ -151,7 +148,7 @@ def _timed(fn, device, runs):
         fn()
         _sync(device)
         times.append(time.perf_counter() - t0)
-    return _median(times), times
+    return statistics.median(times), times
 
 
 def matmul_rate(device: str, dtype) -> float:
@@ -243,7 +240,7 @@ def _cases(device: str, configs, runs: int, modes=None) -> list[Case]:
     return out
 
 
-def _machine(device: str) -> str:
+def _machine(device: str, commit: str) -> str:
     import torch
 
     cpu = platform.processor() or platform.machine()
@@ -255,14 +252,6 @@ def _machine(device: str) -> str:
     except OSError:
         pass
     gpu = torch.cuda.get_device_name(0) if device == "cuda" and torch.cuda.is_available() else None
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                                timeout=10).stdout.strip() or "?"
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
-        commit += "+dirty" if dirty else ""
-    except (OSError, subprocess.SubprocessError):
-        commit = "?"
     return (f"{time.strftime('%Y-%m-%d')}, commit {commit}, torch {torch.__version__} (CUDA {torch.version.cuda}), "
             f"{cpu} ({os.cpu_count()} CPUs){', ' + gpu if gpu else ''}")
 
@@ -342,14 +331,16 @@ def main(argv=None) -> int:
         r = results[-1]
         print(f"[e2e] {case.name}: generate {r['generate_s']:.3f} s, step {r['step_s'] * 1e3:.1f} ms",
               file=sys.stderr)
-    out = table(results, rate, _machine(a.device))
+    head, dirty = run_commit({})  # this checkout's commit, "+dirty" with uncommitted changes
+    commit = head + ("+dirty" if dirty else "")
+    out = table(results, rate, _machine(a.device, commit))
     sys.stdout.write(out)
     if a.out:
         Path(a.out).write_text(out)
     if a.results:
         folder = Path(a.results)
         folder.mkdir(parents=True, exist_ok=True)
-        stem = f"{time.strftime('%Y-%m-%d')}-{_machine(a.device).split('commit ')[1].split(',')[0]}-{a.device}-e2e"
+        stem = f"{time.strftime('%Y-%m-%d')}-{commit}-{a.device}-e2e"
         (folder / f"{stem}.md").write_text(out)
         (folder / f"{stem}.json").write_text(json.dumps(dict(matmul_rate=rate, results=results), indent=1))
         print(f"[e2e] wrote {folder / stem}.md", file=sys.stderr)
