@@ -54,7 +54,7 @@ def _setup(device: str, impl: str):
     B, L = 2, 128
     x = torch.randn(B, 4, 32, 32, device=device, dtype=dtype)
     t = torch.rand(B, device=device)
-    feats = torch.randn(B, L, cfg.cap_feat_dim, device=device, dtype=dtype)
+    feats = torch.randn(B, L, cfg.context_dim, device=device, dtype=dtype)
     mask = torch.ones(B, L, dtype=torch.int64, device=device)
     mask[1, 77:] = 0
     return cfg, ours, dmodel, (x, t, feats, mask), table

@@ -72,7 +72,7 @@ def _pipeline(device: str) -> LuminaPipeline:
         randomize_weights(model, std=0.02)
         dtype = torch.bfloat16 if device == "cuda" else torch.float32
         model = model.to(device, dtype).eval()
-        _PIPES[device] = LuminaPipeline(model, RandomCaptions(cfg.cap_feat_dim), PixelCodec(cfg.in_channels))
+        _PIPES[device] = LuminaPipeline(model, RandomCaptions(cfg.context_dim), PixelCodec(cfg.in_channels))
     return _PIPES[device]
 
 

@@ -187,7 +187,7 @@ def run_case(case: Case) -> dict:
     g = torch.Generator().manual_seed(0)
     x = torch.randn(2, 4, lat, lat, generator=g).to(device, dtype)
     t = torch.full((2,), 0.5, device=device)
-    feats = torch.randn(2, 32, cfg.cap_feat_dim, generator=g).to(device, dtype)
+    feats = torch.randn(2, 32, cfg.context_dim, generator=g).to(device, dtype)
     mask = torch.ones(2, 32, dtype=torch.bool, device=device)
     with torch.inference_mode():
         if case.impl == "lumina":

@@ -1,9 +1,10 @@
 """lumina: Lumina-Next (Next-DiT) with hand-written kernels.
 
-``lumina.NextDiT`` / ``lumina.NextDiTConfig`` (the model), ``lumina.sample`` (flow ODE solvers),
+``lumina.NextDiT`` / ``lumina.NextDiTConfig`` (the model, one class for every modality of ``lumina.modalities``), ``lumina.sample`` (flow ODE solvers),
 ``lumina.LuminaPipeline`` and ``lumina.generate`` (text to image; imported on first use, as they pull in
 transformers and diffusers).
 """
+from . import modalities  # registers the modality adapters (image, sequence, volume)
 from .models.nextdit import PRESETS, NextDiT, NextDiTConfig, config_from_preset
 from .sampling import sample
 

@@ -70,13 +70,13 @@ def _assert_fp32_close(ours, ref):
     ids=["gqa2", "mha", "gqa4", "mqa", "mha-hd12"],
 )
 def test_equals_diffusers(heads, kv_heads, dim):
-    cfg = NextDiTConfig(dim=dim, n_layers=2, n_heads=heads, n_kv_heads=kv_heads, cap_feat_dim=24, multiple_of=16,
+    cfg = NextDiTConfig(dim=dim, n_layers=2, n_heads=heads, n_kv_heads=kv_heads, context_dim=24, multiple_of=16,
                         sample_size=16, in_channels=4)
     ours, dmodel = _pair(cfg)
     B, H, W = 2, 8, 12  # non-square latents
     x = torch.randn(B, cfg.in_channels, H, W)
     t = torch.rand(B)
-    feats, mask = _caption(B, 7, cfg.cap_feat_dim, [7, 3])  # the second caption is padded
+    feats, mask = _caption(B, 7, cfg.context_dim, [7, 3])  # the second caption is padded
     with torch.no_grad():
         ref = _diffusers_forward(dmodel, cfg, x, t, feats, mask)
         out = ours(x, t, feats, mask)
@@ -86,7 +86,7 @@ def test_equals_diffusers(heads, kv_heads, dim):
 
 @pytest.mark.parametrize("learn_sigma,qk_norm", [(False, True), (True, False)])
 def test_equals_diffusers_variants(learn_sigma, qk_norm):
-    cfg = NextDiTConfig(dim=64, n_layers=1, n_heads=4, n_kv_heads=2, cap_feat_dim=16, multiple_of=32,
+    cfg = NextDiTConfig(dim=64, n_layers=1, n_heads=4, n_kv_heads=2, context_dim=16, multiple_of=32,
                         ffn_dim_multiplier=1.5, learn_sigma=learn_sigma, qk_norm=qk_norm, patch_size=2,
                         in_channels=3, sample_size=16)
     ours, dmodel = _pair(cfg)
@@ -102,7 +102,7 @@ def test_proportional_attention_equals_diffusers():
     ours, dmodel = _pair(cfg)
     x = torch.randn(2, 4, 12, 12)  # 36 tokens, extrapolating from a base of 16
     t = torch.rand(2)
-    feats, mask = _caption(2, 6, cfg.cap_feat_dim, [6, 2])
+    feats, mask = _caption(2, 6, cfg.context_dim, [6, 2])
     with torch.no_grad():
         ref = _diffusers_forward(dmodel, cfg, x, t, feats, mask, base_seq_len=16)
         out = ours(x, t, feats, mask, base_seq_len=16)
@@ -117,7 +117,7 @@ def test_list_input_equals_diffusers_per_sample():
     ours, dmodel = _pair(cfg)
     xs = [torch.randn(4, 8, 8), torch.randn(4, 6, 10), torch.randn(4, 4, 4)]
     t = torch.rand(3)
-    feats, mask = _caption(3, 5, cfg.cap_feat_dim, [5, 2, 4])
+    feats, mask = _caption(3, 5, cfg.context_dim, [5, 2, 4])
     with torch.no_grad():
         outs = ours(xs, t, feats, mask)
         for i, x in enumerate(xs):
@@ -156,7 +156,7 @@ def _random_model(cfg=None) -> NextDiT:
 
 def _inputs(cfg):
     x = torch.randn(2, cfg.in_channels, 8, 6)
-    feats, mask = _caption(2, 5, cfg.cap_feat_dim, [5, 3])
+    feats, mask = _caption(2, 5, cfg.context_dim, [5, 3])
     return x, torch.rand(2), feats, mask
 
 
@@ -186,7 +186,7 @@ def test_official_args_file_is_official_namespace(tmp_path):
     (no lumina_config) loads through the preset."""
     cfg = config_from_preset("NextDiT_tiny")
     model = _random_model(cfg)
-    model.save_pretrained(tmp_path, ema_state=model.state_dict())
+    model.save_pretrained(tmp_path, format="official", ema_state=model.state_dict())
     with torch.serialization.safe_globals([argparse.Namespace]):
         args = torch.load(tmp_path / "model_args.pth", weights_only=True)
     assert args.model == "NextDiT_tiny" and args.qk_norm is True and args.image_size == cfg.sample_size * 8
@@ -198,7 +198,7 @@ def test_official_args_file_is_official_namespace(tmp_path):
 def test_official_pth_weights_and_bf16(tmp_path):
     """Training writes .pth weights: read with weights_only; dtype/device arguments apply."""
     model = _random_model()
-    model.save_pretrained(tmp_path)
+    model.save_pretrained(tmp_path, format="official")
     (tmp_path / "consolidated.00-of-01.safetensors").unlink()
     torch.save(model.state_dict(), tmp_path / "consolidated.00-of-01.pth")
     with pytest.warns(UserWarning, match="no EMA weights"):
@@ -212,7 +212,7 @@ def test_pickled_code_is_never_executed(tmp_path):
         def __reduce__(self):
             return (exec, ("raise SystemExit('pickle executed')",))
 
-    _random_model().save_pretrained(tmp_path)
+    _random_model().save_pretrained(tmp_path, format="official")
     torch.save({"args": Evil()}, tmp_path / "model_args.pth")
     with pytest.raises(ck.CheckpointError, match="weights_only"):
         NextDiT.from_pretrained(tmp_path)
@@ -245,13 +245,13 @@ def test_diffusers_pipeline_root_is_found(tmp_path):
 
 
 def test_diffusers_saved_by_diffusers_loads(tmp_path):
-    cfg = NextDiTConfig(dim=48, n_layers=1, n_heads=4, n_kv_heads=2, cap_feat_dim=16, multiple_of=16, sample_size=8)
+    cfg = NextDiTConfig(dim=48, n_layers=1, n_heads=4, n_kv_heads=2, context_dim=16, multiple_of=16, sample_size=8)
     dmodel = _diffusers_model(cfg).eval()
     randomize_weights(dmodel, std=0.3)
     _tie_queries(dmodel)
     dmodel.save_pretrained(tmp_path)
     ours = NextDiT.from_pretrained(tmp_path)
-    assert ours.config.dim == 48 and ours.config.kv_heads == 2 and ours.config.cap_feat_dim == 16
+    assert ours.config.dim == 48 and ours.config.kv_heads == 2 and ours.config.context_dim == 16
     x, t, f, m = _inputs(cfg)
     with torch.no_grad():
         _assert_fp32_close(ours(x, t, f, m), _diffusers_forward(dmodel, cfg, x, t, f, m))
@@ -266,7 +266,7 @@ def test_missing_directory_and_files(tmp_path):
     (tmp_path / "stray.txt").write_text("x")
     with pytest.raises(FileNotFoundError, match="model_args.pth.*config.json.*stray.txt"):
         NextDiT.from_pretrained(tmp_path)
-    _random_model().save_pretrained(tmp_path / "off")
+    _random_model().save_pretrained(tmp_path / "off", format="official")
     (tmp_path / "off" / "consolidated.00-of-01.safetensors").unlink()
     with pytest.raises(FileNotFoundError, match="no weights file"):
         NextDiT.from_pretrained(tmp_path / "off", ema=False)
@@ -278,7 +278,7 @@ def test_missing_directory_and_files(tmp_path):
 
 def test_bad_keys_are_listed_in_one_error(tmp_path):
     model = _random_model()
-    model.save_pretrained(tmp_path)
+    model.save_pretrained(tmp_path, format="official")
     state = model.state_dict()
     state.pop("layers.1.attention.gate")
     state["layers.0.attention.bogus"] = torch.zeros(3)

@@ -33,7 +33,7 @@ def pipe_dir(tmp_path_factory) -> Path:
     build_tiny_gemma(root / "text_encoder")
     build_tiny_vae(root / "vae")
     model = _random_transformer()
-    model.save_pretrained(root / "transformer", ema_state=model.state_dict())
+    model.save_pretrained(root / "transformer", format="official", ema_state=model.state_dict())
     return root
 
 
@@ -133,7 +133,7 @@ def test_extrapolation_options(pipe, method):
 def test_official_weights_folder_with_explicit_parts(pipe_dir, tmp_path):
     """An official release folder holds only the transformer: text encoder and VAE come as paths."""
     model = _random_transformer()
-    model.save_pretrained(tmp_path / "release", ema_state=model.state_dict())
+    model.save_pretrained(tmp_path / "release", format="official", ema_state=model.state_dict())
     pipe = LuminaPipeline.from_pretrained(tmp_path / "release", text_encoder=pipe_dir / "text_encoder",
                                           vae=pipe_dir / "vae", device="cpu")
     assert len(pipe("x", steps=1, solver="euler", progress=False)) == 1
@@ -205,9 +205,9 @@ def test_bad_prompts(pipe):
 
 def test_mismatched_text_feature_dim(pipe_dir, tmp_path):
     root = tmp_path / "bad"
-    model = _random_transformer(cap_feat_dim=24)
+    model = _random_transformer(context_dim=24)
     model.save_pretrained(root / "transformer", ema_state=model.state_dict())
-    with pytest.raises(ValueError, match="text-feature dim mismatch.*32-d.*cap_feat_dim=24"):
+    with pytest.raises(ValueError, match="text-feature dim mismatch.*32-d.*context_dim=24"):
         LuminaPipeline.from_pretrained(root, text_encoder=pipe_dir / "text_encoder", vae=pipe_dir / "vae")
 
 

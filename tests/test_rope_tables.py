@@ -338,7 +338,7 @@ def test_cache_shares_tables_and_can_be_cleared():
     assert rope_2d(7, 9, 72, scaling=sc, t=0.2) is lo
     assert rope_2d(7, 9, 72, scaling=RopeScaling("linear", scale=2.0)) is lo
     assert rope_2d(7, 9, 72, scaling=sc, t=0.5) is not lo
-    info = rope.rope_cache_info()["2d"]
+    info = rope.rope_cache_info()["tables"]
     assert info.hits == 4 and info.misses == 3
     b = rope_3d(2, 3, 4, (8, 8, 8), caption_len=3)
     assert rope_3d(2, 3, 4, (8, 8, 8), caption_len=3) is b

@@ -1,4 +1,11 @@
-"""Checkpoint io for NextDiT: official Alpha-VLLM directories and diffusers transformer directories.
+"""Checkpoint io for NextDiT: the native format (every modality) and, for the text-to-image family, official
+Alpha-VLLM directories and diffusers transformer directories (import and export).
+
+Native directory (the default of ``save_pretrained``)::
+
+    config.json                  {"family": "lumina-next-dit", "format_version": 1, "modality": ..., "config": {...}}
+    model.safetensors            weights (the model's own parameter names)
+    model_ema.safetensors        EMA weights (optional; loaded by default when present)
 
 Official directory (Lumina-Next-T2I / -SFT)::
 
@@ -23,16 +30,18 @@ import re
 import warnings
 from dataclasses import fields, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 from safetensors.torch import load_file, save_file
 
-from .nextdit import PRESETS, NextDiTConfig
+from .config import LEGACY_FIELDS, PRESETS, NextDiTConfig
 
-if TYPE_CHECKING:  # pragma: no cover
-    from .nextdit import NextDiT
-
+FAMILY = "lumina-next-dit"
+NATIVE_VERSION = 1
+NATIVE_CONFIG = "config.json"
+NATIVE_WEIGHTS = "model.safetensors"
+NATIVE_EMA_WEIGHTS = "model_ema.safetensors"
+FORMATS = ("native", "official", "diffusers")
 OFFICIAL_ARGS = "model_args.pth"
 OFFICIAL_WEIGHTS = ("consolidated.00-of-01.safetensors", "consolidated.00-of-01.pth")
 OFFICIAL_EMA_WEIGHTS = ("consolidated_ema.00-of-01.safetensors", "consolidated_ema.00-of-01.pth")
@@ -158,7 +167,17 @@ def diffusers_to_official(state: dict[str, torch.Tensor]) -> dict[str, torch.Ten
 # ------------------------------------------------------------------------------------------------
 # configs
 # ------------------------------------------------------------------------------------------------
+def _check_t2i(cfg: NextDiTConfig, fmt: str) -> None:
+    """The official and diffusers formats hold the text-to-image family only."""
+    two_equal = cfg.rope_axis_dims is None or (len(cfg.rope_axis_dims) == 2 and len(set(cfg.rope_axis_dims)) == 1)
+    if cfg.modality != "image" or cfg.context_dim is None or not two_equal:
+        raise CheckpointError(f"the {fmt!r} format holds text-to-image models (modality 'image', a context, 2 equal "
+                              f"RoPE axes); this model has modality={cfg.modality!r}, context_dim={cfg.context_dim}, "
+                              f"rope_axis_dims={cfg.rope_axis_dims}: save it with format='native'")
+
+
 def config_to_diffusers(cfg: NextDiTConfig) -> dict:
+    _check_t2i(cfg, "diffusers")
     return {
         "_class_name": DIFFUSERS_CLASS,
         "_diffusers_version": "0.42.1",
@@ -174,7 +193,7 @@ def config_to_diffusers(cfg: NextDiTConfig) -> dict:
         "norm_eps": cfg.norm_eps,
         "learn_sigma": cfg.learn_sigma,
         "qk_norm": cfg.qk_norm,
-        "cross_attention_dim": cfg.cap_feat_dim,
+        "cross_attention_dim": cfg.context_dim,
         "scaling_factor": 1.0,
     }
 
@@ -190,7 +209,7 @@ def config_from_diffusers(d: dict, path: Path) -> NextDiTConfig:
             n_heads=d.get("num_attention_heads", 32), n_kv_heads=d.get("num_kv_heads"),
             multiple_of=d.get("multiple_of", 256), ffn_dim_multiplier=d.get("ffn_dim_multiplier"),
             norm_eps=d.get("norm_eps", 1e-5), learn_sigma=d.get("learn_sigma", True),
-            qk_norm=d.get("qk_norm", True), cap_feat_dim=d.get("cross_attention_dim", 2048),
+            qk_norm=d.get("qk_norm", True), context_dim=d.get("cross_attention_dim", 2048),
             name=d.get("_name_or_path", "diffusers"),
         )
     except (TypeError, ValueError) as e:
@@ -199,6 +218,7 @@ def config_from_diffusers(d: dict, path: Path) -> NextDiTConfig:
 
 def config_to_official_args(cfg: NextDiTConfig) -> argparse.Namespace:
     """The official model_args Namespace, plus `lumina_config` (plain dict) so custom configs round-trip."""
+    _check_t2i(cfg, "official")
     model = cfg.name if cfg.name in PRESETS else "custom"
     return argparse.Namespace(model=model, qk_norm=cfg.qk_norm, image_size=cfg.sample_size * 8, vae="sdxl",
                               lumina_config=cfg.to_dict())
@@ -209,9 +229,9 @@ def config_from_official_args(args, path: Path) -> NextDiTConfig:
         raise CheckpointError(f"{path}: expected an argparse.Namespace or dict, got {type(args).__name__}")
     a = vars(args) if isinstance(args, argparse.Namespace) else dict(args)
     if isinstance(a.get("lumina_config"), dict):
-        known = {f.name for f in fields(NextDiTConfig)}
+        known = {f.name for f in fields(NextDiTConfig)} | set(LEGACY_FIELDS)
         try:
-            return NextDiTConfig(**{k: v for k, v in a["lumina_config"].items() if k in known})
+            return NextDiTConfig.from_dict({k: v for k, v in a["lumina_config"].items() if k in known})
         except (TypeError, ValueError) as e:
             raise CheckpointError(f"{path}: invalid lumina_config: {e}") from None
     model = a.get("model")
@@ -252,32 +272,75 @@ def _read_official_args(path: Path):
                                   f"values are allowed): {e}") from None
 
 
+def _read_json(file: Path) -> dict:
+    try:
+        with open(file) as f:
+            d = json.load(f)
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{file}: not a readable JSON file: {e}") from None
+    if not isinstance(d, dict):
+        raise CheckpointError(f"{file}: expected a JSON object, got {type(d).__name__}")
+    return d
+
+
+def _is_native(file: Path) -> bool:
+    return _read_json(file).get("family") == FAMILY
+
+
 def _resolve_dir(path) -> tuple[Path, str]:
-    """Find the checkpoint layout under `path`: ('official' | 'diffusers', directory)."""
+    """Find the checkpoint layout under `path`: (directory, 'native' | 'official' | 'diffusers')."""
     p = Path(os.fspath(path)).expanduser()
     if not p.exists():
         raise FileNotFoundError(f"checkpoint directory {str(p)!r} does not exist")
     if not p.is_dir():
         raise CheckpointError(f"checkpoint path {str(p)!r} must be a directory")
-    if (p / OFFICIAL_ARGS).is_file():
-        return p, "official"
-    if (p / DIFFUSERS_CONFIG).is_file():
-        return p, "diffusers"
-    if (p / "transformer" / OFFICIAL_ARGS).is_file():  # a lumina pipeline root
-        return p / "transformer", "official"
-    if (p / "transformer" / DIFFUSERS_CONFIG).is_file():  # a diffusers pipeline root
-        return p / "transformer", "diffusers"
+    for d in (p, p / "transformer"):  # a checkpoint, or a pipeline root holding one in transformer/
+        if (d / OFFICIAL_ARGS).is_file():
+            return d, "official"
+        if (d / NATIVE_CONFIG).is_file():
+            return d, "native" if _is_native(d / NATIVE_CONFIG) else "diffusers"
     found = sorted(x.name for x in p.iterdir())[:20]
     raise FileNotFoundError(
-        f"{str(p)!r} is not a NextDiT checkpoint: expected an official directory ({OFFICIAL_ARGS} + "
+        f"{str(p)!r} is not a NextDiT checkpoint: expected a native directory ({NATIVE_CONFIG} with family "
+        f"{FAMILY!r} + {NATIVE_WEIGHTS}), an official one ({OFFICIAL_ARGS} + "
         f"{OFFICIAL_EMA_WEIGHTS[0]} or {OFFICIAL_WEIGHTS[0]}) or a diffusers one ({DIFFUSERS_CONFIG} + "
         f"{DIFFUSERS_WEIGHTS}, or transformer/{DIFFUSERS_CONFIG}); found {found}"
     )
 
 
+def native_config(d: dict, file: Path) -> NextDiTConfig:
+    """The config of a native config.json (validated; CheckpointError naming the file)."""
+    version = d.get("format_version")
+    if version != NATIVE_VERSION:
+        raise CheckpointError(f"{file}: native format_version {version!r} is not supported (expected {NATIVE_VERSION})")
+    if not isinstance(d.get("config"), dict):
+        raise CheckpointError(f"{file}: no `config` object")
+    try:
+        cfg = NextDiTConfig.from_dict(d["config"])
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{file}: invalid config: {e}") from None
+    if d.get("modality", cfg.modality) != cfg.modality:
+        raise CheckpointError(f"{file}: `modality` {d['modality']!r} disagrees with the config's {cfg.modality!r}")
+    return cfg
+
+
+def _read_native(p: Path, ema: bool) -> tuple[NextDiTConfig, dict[str, torch.Tensor]]:
+    cfg = native_config(_read_json(p / NATIVE_CONFIG), p / NATIVE_CONFIG)
+    order = (NATIVE_EMA_WEIGHTS, NATIVE_WEIGHTS) if ema else (NATIVE_WEIGHTS,)
+    file = next((p / n for n in order if (p / n).is_file()), None)
+    if file is None:
+        raise FileNotFoundError(f"{str(p)!r}: no weights file; expected one of {list(order)}")
+    if ema and file.name == NATIVE_WEIGHTS:
+        warnings.warn(f"{p}: no EMA weights ({NATIVE_EMA_WEIGHTS}); loading {file.name}", stacklevel=4)
+    return cfg, load_file(str(file))
+
+
 def read_checkpoint(path, ema: bool = True) -> tuple[NextDiTConfig, dict[str, torch.Tensor], str]:
-    """Read (config, state dict in official names, format) from an official or diffusers directory."""
+    """Read (config, state dict in the model's names, format) from a native, official or diffusers directory."""
     p, fmt = _resolve_dir(path)
+    if fmt == "native":
+        cfg, state = _read_native(p, ema)
+        return cfg, state, fmt
     if fmt == "official":
         cfg = config_from_official_args(_read_official_args(p), p / OFFICIAL_ARGS)
         order = (OFFICIAL_EMA_WEIGHTS + OFFICIAL_WEIGHTS) if ema else OFFICIAL_WEIGHTS
@@ -323,7 +386,7 @@ def check_state_dict(model: torch.nn.Module, state: dict[str, torch.Tensor], sou
 
 
 def load_pretrained(cls, path, ema: bool = True, dtype: torch.dtype | None = None, device=None):
-    """Build `cls(config)` from an official or diffusers directory and load its weights (EMA by default)."""
+    """Build `cls(config)` from a native, official or diffusers directory and load its weights (EMA by default)."""
     cfg, state, fmt = read_checkpoint(path, ema=ema)
     with torch.device("meta"):
         model = cls(cfg)
@@ -341,9 +404,10 @@ def _contiguous(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
 
 
-def save_pretrained(model, path, format: str = "official", ema_state: dict | None = None,
+def save_pretrained(model, path, format: str = "native", ema_state: dict | None = None,
                     max_shard_size: int | None = None) -> None:
-    """Write `model` as an official directory (with EMA weights if given) or a diffusers transformer directory.
+    """Write `model` as a native directory (every modality; with EMA weights if given), an official directory
+    (with EMA weights if given) or a diffusers transformer directory (text-to-image only).
 
     diffusers: `max_shard_size` (bytes) splits the weights into shards with an index, as diffusers does.
     """
@@ -353,14 +417,25 @@ def save_pretrained(model, path, format: str = "official", ema_state: dict | Non
                max_shard_size=max_shard_size)
 
 
-def save_state(config: NextDiTConfig, state: dict, path, format: str = "official", ema_state: dict | None = None,
+def save_state(config: NextDiTConfig, state: dict, path, format: str = "native", ema_state: dict | None = None,
                max_shard_size: int | None = None) -> None:
-    """:func:`save_pretrained` from a config and state dicts (official names), without a model instance."""
-    if format not in ("official", "diffusers"):
-        raise ValueError(f"`format` must be 'official' or 'diffusers', got {format!r}")
+    """:func:`save_pretrained` from a config and state dicts (the model's names), without a model instance."""
+    if format not in FORMATS:
+        raise ValueError(f"`format` must be one of {FORMATS}, got {format!r}")
+    if format != "native":
+        _check_t2i(config, format)
     p = Path(os.fspath(path)).expanduser()
     p.mkdir(parents=True, exist_ok=True)
     state = _contiguous(state)
+    if format == "native":
+        meta = {"family": FAMILY, "format_version": NATIVE_VERSION, "modality": config.modality,
+                "config": config.to_dict()}
+        with open(p / NATIVE_CONFIG, "w") as f:
+            json.dump(meta, f, indent=2)
+        save_file(state, str(p / NATIVE_WEIGHTS), metadata={"format": "pt"})
+        if ema_state is not None:
+            save_file(_contiguous(ema_state), str(p / NATIVE_EMA_WEIGHTS), metadata={"format": "pt"})
+        return
     if format == "official":
         torch.save(config_to_official_args(config), p / OFFICIAL_ARGS)
         save_file(state, str(p / OFFICIAL_WEIGHTS[0]))

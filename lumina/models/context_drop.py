@@ -26,6 +26,7 @@ per-key bias).
 from __future__ import annotations
 
 import functools
+import inspect
 import math
 from typing import Sequence
 
@@ -35,35 +36,59 @@ from torch import Tensor
 
 import lumina_kernels as lk
 
-__all__ = ["ContextDropLayer", "tome_merge"]
+from .modality import MergePlan
+
+__all__ = ["ContextDropLayer", "tome_merge", "CELLS_SUPPORTED"]
+
+# whether this lumina_kernels build merges over an explicit cell per token (samples of different sizes)
+CELLS_SUPPORTED = "cells" in inspect.signature(lk.merge_tokens).parameters
 
 
 class ContextDropLayer:
-    """How one layer merges its keys/values: ``factor`` over the spatial axes of ``grid`` with ``method``."""
+    """How one layer merges its keys/values: ``factor`` with ``method`` over a merge plan.
 
-    def __init__(self, factor: int, grid: Sequence[int], method: str = "pool"):
+    plan: a :class:`lumina.models.modality.MergePlan` from the modality adapter (a shared token grid and the
+    factor per axis, or an explicit cell per token), or a bare grid: (h, w) pools both axes, (frames, h, w) the
+    spatial axes only (frames of a video are never averaged together).
+    """
+
+    def __init__(self, factor: int, plan, method: str = "pool"):
         if method not in ("pool", "tome"):
             raise ValueError(f"context drop `method` must be 'pool' or 'tome', got {method!r}")
         if isinstance(factor, bool) or not isinstance(factor, int) or factor < 2:
             raise ValueError(f"context drop `factor` must be an int >= 2, got {factor!r}")
-        self.grid = tuple(int(g) for g in grid)
-        if len(self.grid) not in (2, 3):
-            raise ValueError(f"context drop needs a (h, w) or (frames, h, w) grid, got {grid!r}")
-        # pool the spatial axes only: frames of a video are never averaged together
-        self.factors = (1,) * (len(self.grid) - 2) + (factor, factor)
-        self.factor, self.method = factor, method
+        if not isinstance(plan, MergePlan):
+            grid = tuple(int(g) for g in plan)
+            if len(grid) not in (2, 3):
+                raise ValueError(f"context drop needs a (h, w) or (frames, h, w) grid, got {plan!r}")
+            plan = MergePlan(grid=grid, factors=(1,) * (len(grid) - 2) + (factor, factor))
+        if plan.grid is None and method == "tome":
+            raise ValueError("context drop method 'tome' needs samples of one size (a shared token grid)")
+        self.plan, self.factor, self.method = plan, factor, method
+        self.grid, self.factors = plan.grid, plan.factors
 
     def __repr__(self) -> str:
-        return f"ContextDropLayer(factor={self.factor}, grid={self.grid}, method={self.method!r})"
+        where = f"grid={self.grid}, factors={self.factors}" if self.grid is not None else f"cells={self.plan.n_cells}"
+        return f"ContextDropLayer(factor={self.factor}, {where}, method={self.method!r})"
 
-    def attend(self, q: Tensor, k: Tensor, v: Tensor, freqs: Tensor, mask: Tensor | None,
+    def merge(self, x: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor]:
+        """(B, L, ...) -> (merged (B, cells, ...), count (B, cells) float32) over the plan's cells."""
+        if self.grid is None:
+            return lk.merge_tokens(x, mask=mask, cells=self.plan.cells, n_cells=self.plan.n_cells)
+        grid, factors = self.grid, self.factors
+        if len(grid) == 1:  # a 1-D grid is a 2-D grid of one row
+            grid, factors = (1, *grid), (1, *factors)
+        return lk.merge_tokens(x, grid, factors, mask)
+
+    def attend(self, q: Tensor, k: Tensor, v: Tensor, freqs: Tensor | None, mask: Tensor | None,
                softmax_scale: float | None) -> Tensor:
-        """q: (B, L, H, hd); k, v: (B, L, KV, hd) unrotated; freqs: RoPE (L or B x L, hd/2); mask (B, L) bool."""
-        k = lk.apply_rope(k, freqs)  # RoPE before merging (see the module doc)
+        """q: (B, L, H, hd); k, v: (B, L, KV, hd) unrotated; freqs: RoPE (L or B x L, hd/2) or None; mask (B, L)."""
+        if freqs is not None:
+            k = lk.apply_rope(k, freqs)  # RoPE before merging (see the module doc)
         if self.method == "tome":
             return _tome_attend(q, k, v, freqs, mask, softmax_scale, self.grid, self.factors)
-        km, count = lk.merge_tokens(k, self.grid, self.factors, mask)  # (B, cells, KV, hd), (B, cells)
-        vm, _ = lk.merge_tokens(v, self.grid, self.factors, mask)  # (B, cells, KV, hd)
+        km, count = self.merge(k, mask)  # (B, cells, KV, hd), (B, cells)
+        vm, _ = self.merge(v, mask)  # (B, cells, KV, hd)
         return lk.attention(q, km, vm, q_freqs=freqs, key_padding_mask=count > 0,
                             softmax_scale=softmax_scale)  # (B, L, H, hd)
 
@@ -112,7 +137,7 @@ def _tome_attend(q, k_rot, v, freqs, mask, softmax_scale, grid, factors):
     km, vm, size = tome_merge(k_rot, v, grid, factors, mask)  # (B, N, KV, hd) x 2, (B, N)
     B, L, H, hd = q.shape
     KV = km.shape[2]
-    qr = lk.apply_rope(q, freqs)
+    qr = lk.apply_rope(q, freqs) if freqs is not None else q
     # proportional attention: + log(size) per key, -inf for empty keys; (B, 1, 1, N) broadcast over heads, queries
     bias = torch.where(size > 0, size.clamp_min(1e-30).log(), torch.full_like(size, -math.inf))[:, None, None, :]
     rep = H // KV

@@ -1,4 +1,4 @@
-"""Rotary position tables for Next-DiT: 1D / 2D / 3D tables and resolution-extrapolation scaling.
+"""Rotary position tables for Next-DiT: one builder for N-D positions, and resolution-extrapolation scaling.
 
 Every table is complex64, one unit complex number per rotated pair, ready for
 ``lumina_kernels.apply_rope(x, freqs_cis)`` (pair i of a head, ``(x[2i], x[2i+1])``, is rotated by
@@ -10,8 +10,11 @@ Conventions (Lumina-Next, facts sections 4 and 5):
   ``theta_i = theta ** (-2i / d)``. In the 2D text-to-image model each axis gets ``head_dim // 2``
   (36 of 72 -> 18 frequencies per axis); the official code writes the same numbers as
   ``1 / theta ** (arange(0, head_dim, 4)[: head_dim // 4] / head_dim)``.
-* 2D tables interleave the axes pair by pair: ``[h0, w0, h1, w1, ...]`` over the row-major (h, w) token grid.
-* 3D tables concatenate the axes (``[axis0 pairs, axis1 pairs, axis2 pairs]``) like Lumina-Image-2.0.
+* :func:`rope_nd` builds every table: positions ``(..., n_axes)`` (integer or fractional), one share of the head dim
+  per axis, scaling per axis. The axes' pairs are concatenated (``[axis0 pairs, axis1 pairs, ...]``, like
+  Lumina-Image-2.0) or, ``interleave=True``, interleaved pair by pair (``[h0, w0, h1, w1, ...]``: the official
+  Lumina-Next 2D layout). :func:`rope_grid` is its cached form for integer grids; :func:`rope_2d` (the released
+  model's table) and :func:`rope_3d` are thin calls of it.
 * Angles are computed in float64 and rounded once to complex64. The official code and diffusers compute them in
   float32, so tables differ from theirs by float32 rounding of the angle (about 1e-5 rad at position 383).
 * ``t`` is the flow time in [0, 1], 0 = pure noise, 1 = data.
@@ -30,7 +33,7 @@ Note on the two max rules as written: frequency 0 has exponent 0, so ``b'^0 = 1`
 it at 1 (> 1/s). At ``t = 0`` the smooth time-aware rule is therefore PI on every frequency except frequency 0,
 which stays unscaled; at ``t = 1`` it is exactly NTK with base ``b s``.
 
-Cache: ``rope_2d`` and ``rope_3d`` memoise their tables (an LRU of ``_CACHE_SIZE`` entries keyed on the grid, the
+Cache: ``rope_grid``, ``rope_2d`` and ``rope_3d`` memoise their tables (one LRU of ``_CACHE_SIZE`` entries keyed on the layout, the
 device and the *effective* per-axis frequencies, so all methods at ``s <= 1`` share one entry and the official
 time-aware switch costs two entries per resolution). They return the cached tensor itself: treat it as read-only
 and ``.clone()`` it before any in-place operation. ``rope_cache_clear()`` empties the cache; ``rope_cache_info()``
@@ -56,7 +59,9 @@ __all__ = [
     "rope_nd",
     "rope_2d",
     "rope_3d",
+    "rope_grid",
     "rope_table_for_grid",
+    "grid_positions",
     "grid_positions_3d",
     "rope_cache_clear",
     "rope_cache_info",
@@ -222,39 +227,19 @@ def _polar(angles: torch.Tensor) -> torch.Tensor:
 
 
 # ----------------------------------------------------------------------------------------------
-# tables
+# tables: one builder, any number of axes
 # ----------------------------------------------------------------------------------------------
-def rope_1d(positions: torch.Tensor, axis_dim: int, theta: float = 10000.0, scaling: RopeScaling | None = None,
-            t: float | None = None) -> torch.Tensor:
-    """complex64 (*positions.shape, axis_dim // 2): exp(i * position * freq_j), on positions' device. Not cached."""
-    if not isinstance(positions, torch.Tensor):
-        raise ValueError(f"`positions` must be a tensor, got {type(positions).__name__}")
-    if positions.is_complex():
-        raise ValueError("`positions` must be real, got a complex tensor")
-    freqs = axis_frequencies(axis_dim, theta, scaling, t)
-    dev = positions.device
-    work = torch.device("cpu") if dev.type == "mps" else dev  # no float64 on MPS
-    angles = positions.to(work, torch.float64)[..., None] * freqs.to(work)
-    return _polar(angles).to(dev)
+def _table(positions: torch.Tensor, freqs: Sequence[torch.Tensor], interleave: bool) -> torch.Tensor:
+    """complex64 (..., sum(len(f))): exp(i * position_a * freq) per axis a, axes concatenated or interleaved.
 
-
-def rope_nd(positions: torch.Tensor, axis_dims: Sequence[int], theta: float = 10000.0,
-            scaling: RopeScaling | None = None, t: float | None = None,
-            scaled_axes: Sequence[bool] | None = None) -> torch.Tensor:
-    """complex64 (..., sum(axis_dims) // 2) from per-axis positions (..., n_axes); axes concatenated in order.
-
-    ``scaled_axes[a]`` says whether ``scaling`` applies to axis a (default: every axis). Not cached.
+    positions: float64 (..., n_axes); freqs: one float64 vector per axis (interleaving needs equal lengths).
     """
-    if not isinstance(positions, torch.Tensor) or positions.dim() < 1:
-        raise ValueError("`positions` must be a tensor (..., n_axes)")
-    dims = _axis_dims(axis_dims, positions.shape[-1])
-    if scaled_axes is None:
-        scaled_axes = (True,) * len(dims)
-    if len(scaled_axes) != len(dims):
-        raise ValueError(f"`scaled_axes` needs one entry per axis ({len(dims)}), got {len(scaled_axes)}")
-    parts = [rope_1d(positions[..., a], d, theta, scaling if scaled_axes[a] else None, t)
-             for a, d in enumerate(dims)]
-    return torch.cat(parts, dim=-1)
+    parts = [positions[..., a, None] * f for a, f in enumerate(freqs)]  # each (..., n_a)
+    if interleave:
+        angles = torch.stack(parts, dim=-1).flatten(-2)  # (..., n, n_axes) -> (..., n * n_axes): [a0, b0, a1, ...]
+    else:
+        angles = torch.cat(parts, dim=-1)  # (..., sum n_a): [a0, a1, ..., b0, b1, ...]
+    return _polar(angles)
 
 
 def _axis_dims(axis_dims, n: int | None = None) -> tuple[int, ...]:
@@ -264,7 +249,102 @@ def _axis_dims(axis_dims, n: int | None = None) -> tuple[int, ...]:
         raise ValueError(f"`axis_dims` must be a sequence of even integers, got {axis_dims!r}") from None
     if n is not None and len(dims) != n:
         raise ValueError(f"`axis_dims` must have {n} entries, got {len(dims)}")
+    if not dims:
+        raise ValueError("`axis_dims` must have at least one entry")
     return tuple(_even(d, f"axis_dims[{i}]") for i, d in enumerate(dims))
+
+
+def _axis_freqs(dims: tuple[int, ...], theta, scaling, t, scaled_axes, interleave: bool) -> tuple[tuple[float, ...], ...]:
+    """Validated per-axis frequencies as hashable tuples (the cache key): scaling applies to the axes marked in
+    `scaled_axes` (default every axis); a time-aware scaling needs `t` even when no axis is scaled."""
+    scaling = _scaling(scaling)
+    t = _time(t)
+    if scaling is not None and scaling.needs_t and t is None:
+        raise ValueError(f"`t` (flow time) is required by RoPE scaling method {scaling.method!r}")
+    scaled = (True,) * len(dims) if scaled_axes is None else tuple(bool(a) for a in scaled_axes)
+    if len(scaled) != len(dims):
+        raise ValueError(f"`scaled_axes` needs one entry per axis ({len(dims)}), got {len(scaled)}")
+    if interleave and len(set(dims)) != 1:
+        raise ValueError(f"the interleaved (official) layout needs equal `axis_dims`, got {dims}")
+    return tuple(tuple(axis_frequencies(d, theta, scaling if sc else None, t).tolist())
+                 for d, sc in zip(dims, scaled))
+
+
+def rope_nd(positions: torch.Tensor, axis_dims: Sequence[int], theta: float = 10000.0,
+            scaling: RopeScaling | None = None, t: float | None = None,
+            scaled_axes: Sequence[bool] | None = None, interleave: bool = False) -> torch.Tensor:
+    """complex64 (..., sum(axis_dims) // 2) from per-axis positions (..., n_axes), integer or fractional.
+
+    Axis a takes a share ``axis_dims[a]`` of the head dim (``axis_dims[a] // 2`` rotated pairs) with its own
+    frequencies; ``scaled_axes[a]`` says whether ``scaling`` applies to it (default: every axis). The axes'
+    pairs are concatenated in order (``[a0, a1, ..., b0, b1, ...]``), or with ``interleave=True`` interleaved
+    pair by pair (``[a0, b0, a1, b1, ...]``, the official Lumina-Next layout; equal shares only). On positions'
+    device; not cached (see :func:`rope_grid` for the cached tables of integer grids).
+    """
+    if not isinstance(positions, torch.Tensor) or positions.dim() < 1:
+        raise ValueError(f"`positions` must be a tensor (..., n_axes), got "
+                         f"{type(positions).__name__ if not isinstance(positions, torch.Tensor) else 'a scalar'}")
+    if positions.is_complex():
+        raise ValueError("`positions` must be real, got a complex tensor")
+    dims = _axis_dims(axis_dims, positions.shape[-1])
+    freqs = _axis_freqs(dims, theta, scaling, t, scaled_axes, interleave)
+    dev = positions.device
+    work = torch.device("cpu") if dev.type == "mps" else dev  # no float64 on MPS
+    f64 = [torch.tensor(f, dtype=torch.float64, device=work) for f in freqs]
+    return _table(positions.to(work, torch.float64), f64, interleave).to(dev)
+
+
+def rope_1d(positions: torch.Tensor, axis_dim: int, theta: float = 10000.0, scaling: RopeScaling | None = None,
+            t: float | None = None) -> torch.Tensor:
+    """complex64 (*positions.shape, axis_dim // 2): exp(i * position * freq_j), on positions' device. Not cached."""
+    if not isinstance(positions, torch.Tensor):
+        raise ValueError(f"`positions` must be a tensor, got {type(positions).__name__}")
+    _even(axis_dim, "axis_dim")
+    return rope_nd(positions[..., None], (axis_dim,), theta, scaling, t)
+
+
+def grid_positions(grid: Sequence[int], offset: Sequence[int] | None = None) -> torch.Tensor:
+    """int64 (prod(grid), n_axes): the integer position of every cell of `grid`, row-major, plus `offset`."""
+    g = tuple(_int(n, f"grid[{i}]", minimum=1) for i, n in enumerate(grid))
+    if not g:
+        raise ValueError("`grid` must have at least one axis")
+    axes = torch.meshgrid(*[torch.arange(n) for n in g], indexing="ij")
+    pos = torch.stack(axes, dim=-1).reshape(-1, len(g))  # (prod(grid), n_axes)
+    if offset is not None:
+        if len(offset) != len(g):
+            raise ValueError(f"`offset` needs one entry per axis of `grid` ({len(g)}), got {len(offset)}")
+        pos = pos + torch.tensor([int(o) for o in offset], dtype=torch.int64)
+    return pos
+
+
+def grid_positions_3d(frames: int, height: int, width: int, caption_len: int = 0) -> torch.Tensor:
+    """int64 (caption_len + frames * height * width, 3) position ids of the 3-axis layout.
+
+    Caption token j: (j, 0, 0). Image token (f, h, w), row-major over (frames, height, width): (caption_len + f, h, w),
+    i.e. axis 0 keeps advancing after the caption, one step per frame (for one frame: Lumina-Image-2.0's layout,
+    image tokens at axis-0 position caption_len).
+    """
+    F = _int(frames, "frames", minimum=1)
+    H = _int(height, "height", minimum=1)
+    W = _int(width, "width", minimum=1)
+    C = _int(caption_len, "caption_len", minimum=0)
+    cap = torch.zeros(C, 3, dtype=torch.int64)
+    cap[:, 0] = torch.arange(C)
+    return torch.cat([cap, grid_positions((F, H, W), (C, 0, 0))], dim=0)
+
+
+def rope_grid(grid: Sequence[int], axis_dims: Sequence[int], theta: float = 10000.0,
+              scaling: RopeScaling | None = None, t: float | None = None,
+              scaled_axes: Sequence[bool] | None = None, interleave: bool = False,
+              device: torch.device | str | None = None) -> torch.Tensor:
+    """:func:`rope_nd` of :func:`grid_positions` (grid): complex64 (prod(grid), sum(axis_dims) // 2), row-major.
+
+    Cached: the returned tensor is shared, do not mutate it.
+    """
+    g = tuple(_int(n, f"grid[{i}]", minimum=1) for i, n in enumerate(grid))
+    dims = _axis_dims(axis_dims, len(g))
+    freqs = _axis_freqs(dims, theta, scaling, t, scaled_axes, interleave)
+    return _cached(("grid", g), freqs, interleave, _device(device))
 
 
 def rope_2d(height: int, width: int, head_dim: int, theta: float = 10000.0, scaling: RopeScaling | None = None,
@@ -280,29 +360,10 @@ def rope_2d(height: int, width: int, head_dim: int, theta: float = 10000.0, scal
     D = _int(head_dim, "head_dim", minimum=4)
     if D % 4:
         raise ValueError(f"`head_dim` must be divisible by 4 for a 2D table (two axes of complex pairs), got {D}")
-    freqs = axis_frequencies(D // 2, theta, scaling, t)
-    return _cached_2d(H, W, tuple(freqs.tolist()), _device(device))
+    return rope_grid((H, W), (D // 2, D // 2), theta, scaling, t, interleave=True, device=device)
 
 
 rope_table_for_grid = rope_2d
-
-
-def grid_positions_3d(frames: int, height: int, width: int, caption_len: int = 0) -> torch.Tensor:
-    """int64 (caption_len + frames * height * width, 3) position ids of the 3-axis layout.
-
-    Caption token j: (j, 0, 0). Image token (f, h, w), row-major over (frames, height, width): (caption_len + f, h, w),
-    i.e. axis 0 keeps advancing after the caption, one step per frame (for one frame: Lumina-Image-2.0's layout,
-    image tokens at axis-0 position caption_len).
-    """
-    F = _int(frames, "frames", minimum=1)
-    H = _int(height, "height", minimum=1)
-    W = _int(width, "width", minimum=1)
-    C = _int(caption_len, "caption_len", minimum=0)
-    f, h, w = torch.meshgrid(torch.arange(F), torch.arange(H), torch.arange(W), indexing="ij")
-    img = torch.stack([f + C, h, w], dim=-1).reshape(-1, 3)
-    cap = torch.zeros(C, 3, dtype=torch.int64)
-    cap[:, 0] = torch.arange(C)
-    return torch.cat([cap, img], dim=0)
 
 
 def rope_3d(frames: int, height: int, width: int, axis_dims: tuple[int, int, int], theta: float = 10000.0,
@@ -321,45 +382,32 @@ def rope_3d(frames: int, height: int, width: int, axis_dims: tuple[int, int, int
     W = _int(width, "width", minimum=1)
     C = _int(caption_len, "caption_len", minimum=0)
     dims = _axis_dims(axis_dims, 3)
-    scaled_axes = tuple(bool(a) for a in scaled_axes)
-    if len(scaled_axes) != 3:
-        raise ValueError(f"`scaled_axes` needs 3 entries, got {len(scaled_axes)}")
-    scaling = _scaling(scaling)
-    t = _time(t)
-    if scaling is not None and scaling.needs_t and t is None:  # even if no axis is scaled
-        raise ValueError(f"`t` (flow time) is required by RoPE scaling method {scaling.method!r}")
-    freqs = tuple(tuple(axis_frequencies(d, theta, scaling if sc else None, t).tolist())
-                  for d, sc in zip(dims, scaled_axes))
-    return _cached_3d(F, H, W, C, freqs, _device(device))
+    freqs = _axis_freqs(dims, theta, scaling, t, scaled_axes, False)
+    return _cached(("caption_grid_3d", F, H, W, C), freqs, False, _device(device))
 
 
 # ----------------------------------------------------------------------------------------------
 # cache
 # ----------------------------------------------------------------------------------------------
-@functools.lru_cache(maxsize=_CACHE_SIZE)
-def _cached_2d(H: int, W: int, freqs: tuple[float, ...], device: torch.device) -> torch.Tensor:
-    f = torch.tensor(freqs, dtype=torch.float64)
-    n = f.numel()
-    ah = torch.arange(H, dtype=torch.float64)[:, None] * f  # (H, n)
-    aw = torch.arange(W, dtype=torch.float64)[:, None] * f  # (W, n)
-    angles = torch.stack([ah[:, None, :].expand(H, W, n), aw[None, :, :].expand(H, W, n)], dim=-1)  # (H, W, n, 2)
-    return _polar(angles.reshape(H * W, 2 * n)).to(device)
+def _layout_positions(layout: tuple) -> torch.Tensor:
+    if layout[0] == "grid":
+        return grid_positions(layout[1])
+    return grid_positions_3d(*layout[1:])
 
 
 @functools.lru_cache(maxsize=_CACHE_SIZE)
-def _cached_3d(F: int, H: int, W: int, C: int, freqs: tuple[tuple[float, ...], ...],
-               device: torch.device) -> torch.Tensor:
-    pos = grid_positions_3d(F, H, W, C).to(torch.float64)
-    angles = torch.cat([pos[:, a:a + 1] * torch.tensor(f, dtype=torch.float64) for a, f in enumerate(freqs)], dim=-1)
-    return _polar(angles).to(device)
+def _cached(layout: tuple, freqs: tuple[tuple[float, ...], ...], interleave: bool,
+            device: torch.device) -> torch.Tensor:
+    pos = _layout_positions(layout).to(torch.float64)  # (L, n_axes)
+    f64 = [torch.tensor(f, dtype=torch.float64) for f in freqs]
+    return _table(pos, f64, interleave).to(device)
 
 
 def rope_cache_clear() -> None:
-    """Drop every memoised 2D / 3D table."""
-    _cached_2d.cache_clear()
-    _cached_3d.cache_clear()
+    """Drop every memoised table."""
+    _cached.cache_clear()
 
 
 def rope_cache_info() -> dict:
-    """functools cache statistics of the 2D and 3D table caches."""
-    return {"2d": _cached_2d.cache_info(), "3d": _cached_3d.cache_info()}
+    """functools cache statistics of the table cache (every grid and 3D table shares it)."""
+    return {"tables": _cached.cache_info()}

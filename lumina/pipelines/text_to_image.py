@@ -2,7 +2,8 @@
 
 A pipeline directory holds the three parts side by side::
 
-    transformer/         NextDiT: official (model_args.pth + consolidated*.safetensors) or diffusers layout
+    transformer/         NextDiT: native (config.json + model*.safetensors), official (model_args.pth +
+                         consolidated*.safetensors) or diffusers layout
     text_encoder/        a transformers model (Gemma-2B for Lumina-Next), with its tokenizer here or in tokenizer/
     tokenizer/           (optional)
     vae/                 a diffusers AutoencoderKL (SDXL VAE); absent for pixel-space models
@@ -121,9 +122,9 @@ class LuminaPipeline:
         self.last_run: dict = {}  # what the last __call__ used (see __call__)
         self._graph_cache: dict = {}  # call signature -> GraphedVelocity (CUDA graphs kept across calls)
         tcfg = transformer.config
-        if text_encoder.dim != tcfg.cap_feat_dim:
+        if text_encoder.dim != tcfg.context_dim:
             raise ValueError(f"text-feature dim mismatch: the text encoder gives {text_encoder.dim}-d features but "
-                             f"the transformer expects cap_feat_dim={tcfg.cap_feat_dim}")
+                             f"the transformer expects context_dim={tcfg.context_dim}")
         if codec.latent_channels != tcfg.in_channels:
             raise ValueError(f"latent channel mismatch: the {type(codec).__name__} has {codec.latent_channels} "
                              f"channels but the transformer expects in_channels={tcfg.in_channels}")
@@ -182,8 +183,8 @@ class LuminaPipeline:
             codec = VAECodec.from_pretrained(vae_dir, device=device)
         return cls(transformer, encoder, codec, config)
 
-    def save_pretrained(self, path, format: str = "official") -> None:
-        """Write transformer/ (official or diffusers format), text_encoder/ (with its tokenizer), vae/ and the
+    def save_pretrained(self, path, format: str = "native") -> None:
+        """Write transformer/ (native, official or diffusers format), text_encoder/ (with its tokenizer), vae/ and the
         pipeline config, so that :meth:`from_pretrained` reads them back."""
         root = Path(os.fspath(path)).expanduser()
         root.mkdir(parents=True, exist_ok=True)

@@ -147,7 +147,7 @@ def randomize_weights(module: torch.nn.Module, std: float = 0.2, generator: torc
 
 
 def build_tiny_pipeline(path: PathLike, seed: int = 0) -> Path:
-    """Write a whole tiny RANDOM pipeline directory (transformer/ NextDiT_tiny in the official format, text_encoder/
+    """Write a whole tiny RANDOM pipeline directory (transformer/ NextDiT_tiny in the native format, text_encoder/
     from :func:`build_tiny_gemma`, vae/ from :func:`build_tiny_vae`) that ``lumina generate --model path`` runs in
     about a second on a CPU. Its weights are random (the transformer's zero-initialised gates and output layer are
     randomised too, so the run exercises every part): the images are structured noise, not pictures."""

@@ -147,13 +147,13 @@ def _section(cls, d: Any, name: str):
 
 def _check(cfg: Config) -> None:
     m, d, t = cfg.model, cfg.data, cfg.train
-    from ..models.nextdit import PRESETS, NextDiTConfig
+    from ..models.config import LEGACY_FIELDS, PRESETS, NextDiTConfig
 
     if (m.preset is None) == (m.init_from is None):
         raise ConfigError("set exactly one of `model.preset` (train from scratch) and `model.init_from`")
     if m.preset is not None and m.preset not in PRESETS:
         raise ConfigError(f"`model.preset` must be one of {sorted(PRESETS)}, got {m.preset!r}")
-    bad = sorted(set(m.overrides) - {f.name for f in fields(NextDiTConfig)})
+    bad = sorted(set(m.overrides) - {f.name for f in fields(NextDiTConfig)} - set(LEGACY_FIELDS))
     if bad:
         raise ConfigError(f"unknown key(s) in `model.overrides`: {bad}")
     if m.max_length < 1:

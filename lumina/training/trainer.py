@@ -99,7 +99,7 @@ class Trainer:
             self.model = NextDiT.from_pretrained(resolve_path(m.init_from), dtype=torch.float32, device="cpu")
         else:
             overrides = dict(m.overrides)
-            overrides.setdefault("cap_feat_dim", self.text_encoder.dim)
+            overrides.setdefault("context_dim", self.text_encoder.dim)
             overrides.setdefault("in_channels", self.codec.latent_channels)
             overrides.setdefault("sample_size", cfg.data.resolution // self.codec.downscale)
             try:
@@ -107,9 +107,9 @@ class Trainer:
             except (TypeError, ValueError) as e:
                 raise ConfigError(f"`model.overrides`: {e}") from None
         mc = self.model.config
-        if mc.cap_feat_dim != self.text_encoder.dim:
+        if mc.context_dim != self.text_encoder.dim:
             raise ConfigError(f"`model.text_encoder` gives {self.text_encoder.dim}-d features, the model expects "
-                              f"cap_feat_dim={mc.cap_feat_dim}")
+                              f"context_dim={mc.context_dim}")
         if mc.in_channels != self.codec.latent_channels:
             raise ConfigError(f"`model.codec` has {self.codec.latent_channels} channels, the model expects "
                               f"in_channels={mc.in_channels}")
