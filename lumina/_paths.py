@@ -19,3 +19,19 @@ def resolve_path(spec, base: Path | None = None) -> Path:
         return Path(list(found.submodule_search_locations)[0]) / sub
     p = Path(os.path.expanduser(spec))
     return base / p if base is not None and not p.is_absolute() else p
+
+
+def check_model_dir(path, what: str) -> Path:
+    """``path`` as a ``Path``; ``FileNotFoundError`` naming it (and ``what``) unless it is a directory holding a
+    ``config.json``."""
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise FileNotFoundError(f"{what} directory {str(p)!r} does not exist (expected a local directory saved with "
+                                f"save_pretrained, holding config.json and the weights)")
+    if not p.is_dir():
+        raise FileNotFoundError(f"{what} path {str(p)!r} is not a directory (expected a local directory saved with "
+                                f"save_pretrained, holding config.json and the weights)")
+    if not (p / "config.json").is_file():
+        raise FileNotFoundError(f"{what} directory {str(p)!r} has no config.json (expected a local directory saved "
+                                f"with save_pretrained)")
+    return p

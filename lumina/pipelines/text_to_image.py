@@ -30,7 +30,8 @@ from ..models.rope import METHODS as ROPE_METHODS
 from ..models.rope import RopeScaling
 from ..sampling import SCHEDULES, SOLVERS, ContextDrop, GraphedVelocity, cfg_combine, sample
 from ..sampling.guidance import _check as _check_cfg
-from .encoders import LatentCodec, PixelCodec, TextEncoder, VAECodec, to_pil
+from ..conditioning import TextEncoder
+from .encoders import LatentCodec, PixelCodec, VAECodec, to_pil
 
 PIPELINE_CONFIG = "lumina_pipeline.json"
 

@@ -34,7 +34,8 @@ import torch.nn.functional as F
 from .._paths import resolve_path
 from ..models.checkpoints import save_state
 from ..models.nextdit import NextDiT, config_from_preset
-from ..pipelines.encoders import PixelCodec, TextEncoder, VAECodec
+from ..conditioning import TextEncoder
+from ..pipelines.encoders import PixelCodec, VAECodec
 from . import lora as lora_io
 from .config import Config, ConfigError
 
