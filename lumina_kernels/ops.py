@@ -222,6 +222,8 @@ def _attn_tables_fit_kernel(inputs: dict) -> str | None:
 
 # Head dims with a compiled CUDA kernel (csrc/gen_instances.py HEAD_DIMS); others run on torch SDPA.
 CUDA_HEAD_DIMS = (64, 72, 96, 128)
+# gridDim.y / gridDim.z limit: the flash kernels put heads on y and the batch on z (attention_cuda.cpp checks it too).
+CUDA_MAX_GRID_YZ = 65535
 
 
 def _attn_fits_cuda_kernel(inputs: dict) -> str | None:
@@ -233,6 +235,9 @@ def _attn_fits_cuda_kernel(inputs: dict) -> str | None:
     major, minor = torch.cuda.get_device_capability(q.device)
     if major < 8:
         return f"compute capability {major}.{minor} < 8.0: the kernel uses bf16 mma.sync (Ampere or newer)"
+    if q.shape[0] > CUDA_MAX_GRID_YZ or q.shape[2] > CUDA_MAX_GRID_YZ:
+        return (f"batch {q.shape[0]} or query heads {q.shape[2]} above {CUDA_MAX_GRID_YZ}, the CUDA grid's y/z limit "
+                "(torch SDPA takes it)")
     return _attn_tables_fit_kernel(inputs)
 
 
@@ -600,7 +605,8 @@ def _solver_update_inputs(x, ks, coeffs=(), h=1.0):
 def _solver_update_check(device_type: str) -> dispatch.Check:
     def check(inputs: dict) -> str | None:
         x, ks = inputs["x"], inputs["ks"]
-        for reason in (dispatch.needs_extension(device_type), dispatch.on_device(x, device_type)):
+        for reason in (dispatch.needs_extension(device_type), dispatch.on_device(x, device_type),
+                       dispatch.compiled_for(x)):
             if reason is not None:
                 return reason
         if x.dtype not in STATE_DTYPES:
@@ -674,7 +680,8 @@ def _cfg_inputs(cond, uncond, scale=1.0, channels=None, renorm=None):
 def _cfg_check(device_type: str) -> dispatch.Check:
     def check(inputs: dict) -> str | None:
         cond, uncond = inputs["x"], inputs["uncond"]
-        for reason in (dispatch.needs_extension(device_type), dispatch.on_device(cond, device_type, "cond")):
+        for reason in (dispatch.needs_extension(device_type), dispatch.on_device(cond, device_type, "cond"),
+                       dispatch.compiled_for(cond)):
             if reason is not None:
                 return reason
         if cond.dtype != uncond.dtype:
