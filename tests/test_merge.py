@@ -247,3 +247,21 @@ def test_cells_without_tokens_or_cells():
     x = torch.randn(2, 5, 0)  # no features: the counts still come back
     out, n = lk.merge_tokens(x, cells=torch.tensor([0, 0, 2, 2, 2]), n_cells=3)
     assert out.shape == (2, 3, 0) and n.tolist() == [[2, 0, 3]] * 2
+
+
+@needs_ext
+def test_cells_path_traces_without_graph_breaks():
+    # under torch.compile the wrapper syncs nothing (no range check on the host); the compiled op checks on CPU
+    x = torch.randn(2, 37, 2, 8, requires_grad=True)
+    cells, m = torch.randint(0, 6, (2, 37)), torch.rand(2, 37) > 0.3
+
+    def f(x, cells, m):
+        out, n = lk.merge_tokens(x, mask=m, cells=cells, n_cells=9)
+        return out * n[..., None, None]
+
+    got = torch.compile(f, fullgraph=True, backend="aot_eager")(x, cells, m)
+    assert torch.equal(got, f(x, cells, m))
+    (g,) = torch.autograd.grad(got.sum(), x)
+    assert torch.equal(g, torch.autograd.grad(f(x, cells, m).sum(), x)[0])
+    with pytest.raises(RuntimeError, match="`cells`"):
+        torch.compile(f, fullgraph=True, backend="aot_eager")(x, cells + 9, m)
