@@ -2,8 +2,8 @@
 
 Environment:
   LUMINA_FORCE_CPU=1        build the CPU kernels only
-  LUMINA_CUDA_ARCHS="9.0"   semicolon/space separated compute capabilities, "+PTX" adds PTX of the
-                            last one (default "9.0+PTX")
+  LUMINA_CUDA_ARCHS="9.0"   semicolon/space separated compute capabilities, "+PTX" adds PTX of that one
+                            (default: the visible GPUs' architectures; with none visible "8.0;9.0+PTX")
   MAX_JOBS=N                parallel compile jobs (ninja; defaults to the CPU count)
 """
 from __future__ import annotations
@@ -43,10 +43,32 @@ import torch  # noqa: E402
 from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension  # noqa: E402
 
 
+# With no GPU visible and LUMINA_CUDA_ARCHS unset: machine code for sm_80 (which also runs on 8.6 and 8.9)
+# and sm_90, plus sm_90 PTX for newer GPUs. The kernels need compute capability 8.0 (bf16 mma.sync).
+DEFAULT_CUDA_ARCHS = "8.0;9.0+PTX"
+
+
+def _visible_gpu_archs() -> str | None:
+    """The visible GPUs' compute capabilities (8.0 and newer), the newest with +PTX, as torch's builder does."""
+    try:
+        caps = sorted({torch.cuda.get_device_capability(i) for i in range(torch.cuda.device_count())})
+    except Exception:  # no driver, or CUDA refuses to initialise: build the default list
+        return None
+    caps = [c for c in caps if c >= (8, 0)]
+    if not caps:
+        return None
+    archs = [f"{major}.{minor}" for major, minor in caps]
+    archs[-1] += "+PTX"
+    return ";".join(archs)
+
+
 def _cuda_archs() -> str:
-    """LUMINA_CUDA_ARCHS in torch's TORCH_CUDA_ARCH_LIST form ("9.0+PTX", "8.0;9.0")."""
-    spec = os.environ.get("LUMINA_CUDA_ARCHS", "9.0+PTX").replace(",", " ").replace(";", " ").split()
-    return ";".join(spec)
+    """LUMINA_CUDA_ARCHS in torch's TORCH_CUDA_ARCH_LIST form ("9.0+PTX", "8.0;9.0"); unset: the visible GPUs'
+    architectures, else DEFAULT_CUDA_ARCHS."""
+    spec = os.environ.get("LUMINA_CUDA_ARCHS", "").strip()
+    if not spec:
+        spec = _visible_gpu_archs() or DEFAULT_CUDA_ARCHS
+    return ";".join(spec.replace(",", " ").replace(";", " ").split())
 
 
 def _extension():

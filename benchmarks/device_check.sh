@@ -1,35 +1,44 @@
 #!/usr/bin/env bash
-# One device check of the lumina kernels on a lent GPU machine (H200), from the repository root:
+# The device check of the lumina kernels on a lent GPU machine (H200), from the repository root:
 #
-#   bash benchmarks/device_check.sh
+#   bash benchmarks/device_check.sh                 # PLAN=first: build, every CUDA test family, priority benchmarks
+#   PLAN=second bash benchmarks/device_check.sh     # sampling at 1024^2 and 2048^2 (right after the first call)
+#   PLAN=e2e bash benchmarks/device_check.sh        # end to end against diffusers (carry .whl: fetch_wheels.sh)
 #
-# (a) environment: nvidia-smi, python, torch, triton;  (b) builds the extension for sm_90 (timed);
-# (c) python -m lumina_kernels.info;  (d) the CUDA tests (pytest tests -x -q -m cuda);
-# (e) the sampling benchmark (bench_sampling.py: eager vs CUDA graphs vs context drop, 2B config, 30 evaluations
-# with CFG at 1024px and 2048px); (f) the CUDA kernel and end-to-end benchmarks (--benchmark-json; e2e vs diffusers
-# when it is installed);  (g) a markdown table of them, printed last.
+# Every plan has a deadline and a time budget per step that adds up to it (the table below); a step runs
+# under `timeout` with its budget, or what is left of the deadline if less, and a failed step does not stop
+# the later ones. The script exits nonzero if any step failed, and says why:
+#   env      nvidia-smi, python, torch, triton; fails if torch sees no GPU
+#   wheels   carried pure-Python wheels (.whl/, benchmarks/fetch_wheels.sh) into /tmp/lumina-site (if any)
+#   build    pip install -e . (MAX_JOBS=16), for the visible GPU's architecture; skipped when the tree already
+#            holds a build whose CUDA kernels run on this GPU (a warm machine keeps ignored build outputs)
+#   info     python -m lumina_kernels.info --require-cuda: fails when the extension did not load, has no CUDA
+#            kernels, or none for this GPU
+#   tests    python -m benchmarks.device_tests: the `-m cuda` tests, one process per family (attention one per
+#            head dim, forward first), 4 at a time, per-test timeouts, crash resume; a skip that is not an
+#            allowed one (an optional peer not installed) fails
+#   bench    the kernel benchmarks that answer the open questions first (BENCH_FILTER): attention at L 4096
+#            against each SDPA backend and the GEMM rate, the norms and RoPE against copy bandwidth; no
+#            torch.compile rows
+#   sample   bench_sampling.py: eager / graphs / drop / drop+graphs at 1024^2, eager and drop+graphs at 2048^2
+#   e2e      python -m benchmarks.e2e --device cuda at 1024^2 against diffusers (needs the carried wheels)
 #
-# Every step runs under `timeout`; a failed step does not stop the later ones, and the script exits
-# nonzero if any step failed. A step that cannot run (pytest or pytest-benchmark missing and no
-# wheels to install them from) is reported SKIPPED and does not by itself fail the script.
-# Full logs go to $OUT (else ./device_out), 7 files at most: env.log build.log info.log tests.log
-# bench.log bench.json sample.log sample.json summary.md, and with e2e: e2e.log e2e.md (11 files).
+# Outputs, at most 8 files in $OUT, written as the run goes (a timeout still returns what was done):
+#   device_check.log   every step's output (the build's last 80 lines; its full log is in the tarball)
+#   logs.tar.gz        every step's full log, repacked after each step
+#   summary.md         the steps, the test table and the benchmark tables, rewritten after each step
+#   tests.json and bench.json (first), sample.json (second), e2e.md (e2e)
 #
 # Environment (all optional):
-#   OUT              where the logs go (default ./device_out)
-#   PYTHON           interpreter (default python3)
-#   LUMINA_WHEELS    folder of wheels (default .whl in the repository root, filled by benchmarks/fetch_wheels.sh):
-#                    every wheel there is installed into /tmp/lumina-site, put on PYTHONPATH; pytest /
-#                    pytest-benchmark / hypothesis are also installed from it if missing
-#   T_BUILD T_INFO T_TESTS T_SAMPLE T_BENCH   per-step timeouts in seconds (default 240 30 100 150 180)
-#   DEADLINE         seconds for the whole script (default 560): a step gets at most what is left, and a step
-#                    with under 20 s left is skipped, so the device call's 600 s limit is never hit
-#   SKIP_BUILD=1     use the lumina_kernels already importable (no pip install -e)
-#   PARTS            the steps to run after (a)-(c), space-separated, of: tests sample bench e2e
-#                    (default "tests sample bench"; a second call on the still-warm machine can run
-#                    SKIP_BUILD=1 PARTS="e2e": the end-to-end comparison with diffusers, python -m benchmarks.e2e)
-#   T_E2E            timeout of e2e in seconds (default 300)
-#   BENCH_ARGS       extra pytest arguments for (e), e.g. "-k 'not compiled'"
+#   PLAN         first | second | e2e (default first)
+#   OUT          where the outputs go (default ./device_out)
+#   PYTHON       interpreter (default python3)
+#   DEADLINE     seconds for the whole script (default: the plan's, see PLAN_BUDGETS); budgets are scaled to it
+#   SKIP_BUILD   1: never build; 0: always build; unset: build unless a usable build is there
+#   LUMINA_WHEELS  folder of wheels (default .whl)
+#   BENCH_FILTER   pytest -k expression of the bench step (default: the priority rows below)
+#   DRY_RUN=1    print each step's command and budget, run nothing, create the output files empty
+#   LUMINA_FAKE_GPU=1  behave as on a GPU machine (for DRY_RUN rehearsals on a CPU machine)
 set -u -o pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.." || exit 2
@@ -38,76 +47,153 @@ OUT=${OUT:-$ROOT/device_out}
 mkdir -p "$OUT" || exit 2
 PY=${PYTHON:-python3}
 WHEELS=${LUMINA_WHEELS:-$ROOT/.whl}
-T_BUILD=${T_BUILD:-240}
-T_INFO=${T_INFO:-30}
-T_TESTS=${T_TESTS:-100}
-T_BENCH=${T_BENCH:-180}
-T_SAMPLE=${T_SAMPLE:-150}
-DEADLINE=${DEADLINE:-560}
-T_E2E=${T_E2E:-300}
-PARTS=" ${PARTS:-tests sample bench} "
-want() { [[ "$PARTS" == *" $1 "* ]]; }
-export PYTHONUNBUFFERED=1
-export PYTHONDONTWRITEBYTECODE=1
+PLAN=${PLAN:-first}
+DRY=${DRY_RUN:-0}
+FAKE_GPU=${LUMINA_FAKE_GPU:-0}
+export PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
+export PYTHONPATH=$ROOT${PYTHONPATH:+:$PYTHONPATH}   # this tree's lumina, whatever pip's state on the machine
 
+# Per plan: "step:seconds ..." in run order; the budgets add up to the plan's deadline.
+#   first  (420 s, + 1-2 min machine start = 8-9 of the 15 device minutes): build ~60-100 s on 16 cores (one arch),
+#          tests 14 processes 4 at a time (~8 s start each, the slowest family ~40 s), bench ~55 rows x ~1 s
+#   second (280 s, issued within 30 s of the first so the machine is warm and the build is kept): sampling
+#          at 1024^2 4 modes x 3 runs x ~6-10 s, at 2048^2 2 modes x 2 runs x 30-45 s
+#   e2e    (280 s, a later session's second call, with .whl carried): diffusers and lumina at 1024^2
+case "$PLAN" in
+    first) PLAN_BUDGETS="env:15 wheels:15 build:150 info:15 tests:135 bench:80 summary:10" ;;
+    second) PLAN_BUDGETS="env:15 build:0 info:15 sample:240 summary:10" ;;
+    e2e) PLAN_BUDGETS="env:15 wheels:15 build:0 info:15 e2e:225 summary:10" ;;
+    *) echo "PLAN must be first, second or e2e, got '$PLAN'"; exit 2 ;;
+esac
+PLAN_TOTAL=0
+for sb in $PLAN_BUDGETS; do PLAN_TOTAL=$((PLAN_TOTAL + ${sb#*:})); done
+DEADLINE=${DEADLINE:-$PLAN_TOTAL}
+budget() {  # budget STEP: the step's seconds, scaled to DEADLINE
+    local sb
+    for sb in $PLAN_BUDGETS; do
+        [ "${sb%%:*}" = "$1" ] && { echo $(( ${sb#*:} * DEADLINE / PLAN_TOTAL )); return; }
+    done
+    echo 0
+}
+in_plan() { [[ " $PLAN_BUDGETS " == *" $1:"* ]]; }
+
+WORK=$(mktemp -d /tmp/lumina-device.XXXXXX)
+LOG=$OUT/device_check.log
+SUMMARY=$OUT/summary.md
+: >"$LOG"
 T0=$(date +%s)
-STATUS=()   # "step: OK/FAILED/SKIPPED (n s)"
+STATUS=()   # "| step | status | seconds | budget |"
 FAILED=0
 
-# run_step NAME LOG TIMEOUT_S CMD... : runs CMD with its output appended to LOG, under timeout
-# (SIGINT first, so pytest still writes its results, then SIGKILL 20 s later); prints the last lines.
-run_step() {
-    local name=$1 log=$2 limit=$3
-    shift 3
-    local left=$((DEADLINE - ($(date +%s) - T0)))
-    if [ $left -lt 20 ]; then
-        STATUS+=("$name: SKIPPED (deadline: ${left}s left of ${DEADLINE}s)")
-        FAILED=1
-        echo "=== [$name] SKIPPED: deadline" | tee -a "$log"
-        return
+finish_step() {  # finish_step NAME STEPLOG: fold the step's log into the outputs
+    if [ "$1" = build ]; then
+        tail -n 80 "$2" >>"$LOG"
+    else
+        cat "$2" >>"$LOG"
     fi
+    tar -czf "$OUT/logs.tar.gz.tmp" -C "$WORK" . 2>/dev/null && mv "$OUT/logs.tar.gz.tmp" "$OUT/logs.tar.gz"
+    write_summary
+}
+
+write_summary() {
+    {
+        echo "# lumina device check, plan $PLAN ($(date -Is), commit $(git rev-parse --short HEAD 2>/dev/null || echo '?'))"
+        echo
+        echo "| step | status | seconds | budget |"
+        echo "|---|---|---|---|"
+        printf '%s\n' "${STATUS[@]}"
+        if [ -s "$OUT/tests.json" ] && [ "$DRY" != 1 ]; then
+            echo; echo "## CUDA tests"; echo
+            "$PY" -m benchmarks.device_tests --out "$OUT" --table 2>&1
+        fi
+        for j in bench sample; do
+            if [ -s "$OUT/$j.json" ] && [ "$DRY" != 1 ]; then
+                echo; echo "## $j"; echo
+                "$PY" benchmarks/summarize.py "$OUT/$j.json" --device cuda 2>&1
+            fi
+        done
+        [ -s "$OUT/e2e.md" ] && { echo; cat "$OUT/e2e.md"; }
+    } >"$SUMMARY.tmp" 2>&1
+    mv "$SUMMARY.tmp" "$SUMMARY"
+}
+
+# run_step NAME CMD...: runs CMD under its budget (SIGINT first, so pytest still writes its results, then
+# SIGKILL 15 s later), its output in $WORK/NAME.log, then folds it into the outputs.
+run_step() {
+    local name=$1
+    shift
+    local limit left steplog=$WORK/$name.log
+    limit=${STEP_LIMIT:-$(budget "$name")}
+    left=$((DEADLINE - ($(date +%s) - T0)))
+    [ "$name" = "$LAST_WORK_STEP" ] && limit=$((left - $(budget summary)))  # the last step takes what is left
     [ $left -lt "$limit" ] && limit=$left
-    local t=$(date +%s) rc
     local cmd="$*"
     cmd=${cmd//$'\n'/ }
-    [ ${#cmd} -gt 160 ] && cmd="${cmd:0:157}..."
-    echo "=== [$name] $cmd (timeout ${limit}s)" | tee -a "$log"
-    timeout -s INT -k 20 "$limit" "$@" >>"$log" 2>&1
-    rc=$?
-    local dt=$(($(date +%s) - t))
-    if [ $rc -eq 0 ]; then
-        STATUS+=("$name: OK (${dt}s)")
-        tail -n 4 "$log" | sed 's/^/    /'
-    else
-        [ $rc -eq 124 ] || [ $rc -eq 137 ] && rc="$rc, timed out after ${limit}s"
-        STATUS+=("$name: FAILED (rc $rc, ${dt}s; log $(basename "$log"))")
-        FAILED=1
-        tail -n 25 "$log" | sed 's/^/    /'
+    [ ${#cmd} -gt 200 ] && cmd="${cmd:0:197}..."
+    if [ "$DRY" = 1 ]; then
+        echo "[dry-run] $name: budget $(budget "$name") s: $cmd" | tee -a "$steplog"
+        STATUS+=("| $name | PLANNED | 0 | $(budget "$name") |")
+        finish_step "$name" "$steplog"
+        return
     fi
-    echo "=== [$name] done in ${dt}s (rc ${rc})" | tee -a "$log"
+    if [ "$limit" -lt 10 ]; then
+        echo "=== [$name] SKIPPED: ${left} s left of the ${DEADLINE} s deadline" | tee -a "$steplog"
+        STATUS+=("| $name | SKIPPED (deadline) | 0 | $(budget "$name") |")
+        FAILED=1
+        finish_step "$name" "$steplog"
+        return
+    fi
+    echo "=== [$name] $cmd (timeout ${limit} s)" | tee -a "$steplog"
+    local t rc dt
+    t=$(date +%s)
+    timeout -s INT -k 15 "$limit" "$@" >>"$steplog" 2>&1
+    rc=$?
+    dt=$(($(date +%s) - t))
+    if [ $rc -eq 0 ]; then
+        STATUS+=("| $name | OK | $dt | $(budget "$name") |")
+        tail -n 3 "$steplog" | sed 's/^/    /'
+    else
+        local why="rc $rc"
+        { [ $rc -eq 124 ] || [ $rc -eq 137 ]; } && why="timed out after ${limit} s"
+        STATUS+=("| $name | FAILED ($why) | $dt | $(budget "$name") |")
+        FAILED=1
+        tail -n 30 "$steplog" | sed 's/^/    /'
+    fi
+    echo "=== [$name] done in ${dt} s ($([ $rc -eq 0 ] && echo OK || echo "FAILED, rc $rc"))" | tee -a "$steplog"
+    finish_step "$name" "$steplog"
 }
 
-skip_step() {
-    STATUS+=("$1: SKIPPED ($2)")
-    echo "=== [$1] SKIPPED: $2"
+require_rows() {  # require_rows NAME JSON: a benchmark step that timed no CUDA row failed, whatever pytest said
+    [ "$DRY" = 1 ] && return
+    if ! grep -q '"device": "cuda"' "$2" 2>/dev/null; then
+        STATUS+=("| $1 | FAILED (no CUDA benchmark row in $(basename "$2")) | 0 | 0 |")
+        FAILED=1
+        write_summary
+    fi
 }
 
-# ---------------------------------------------------------------------------------------------
-# (a) environment
-# ---------------------------------------------------------------------------------------------
-ENV_LOG=$OUT/env.log
-: >"$ENV_LOG"
+skip_step() {  # skip_step NAME WHY
+    STATUS+=("| $1 | SKIPPED ($2) | 0 | $(budget "$1") |")
+    echo "=== [$1] SKIPPED: $2" | tee -a "$LOG"
+    write_summary
+}
+
+LAST_WORK_STEP=""
+for sb in $PLAN_BUDGETS; do
+    case "${sb%%:*}" in summary) ;; *) LAST_WORK_STEP=${sb%%:*} ;; esac
+done
+echo "=== plan $PLAN: deadline $DEADLINE s; budgets: $PLAN_BUDGETS (total $PLAN_TOTAL s)" | tee -a "$LOG"
+
+# ---- env -------------------------------------------------------------------------------------
 {
-    echo "date: $(date -Is)   host: $(hostname)   repo: $ROOT   commit: $(git rev-parse --short HEAD 2>/dev/null || echo '?')"
-    git status --short 2>/dev/null | head -n 30
-    timeout 30 nvidia-smi || echo "nvidia-smi failed (rc $?)"
-    timeout 10 nvcc --version 2>&1 | tail -n 2 || true
+    echo "date: $(date -Is)   host: $(hostname)   commit: $(git rev-parse --short HEAD 2>/dev/null || echo '?')"
+    git status --short 2>/dev/null | head -n 20
+    [ "$DRY" = 1 ] || timeout 20 nvidia-smi 2>&1 || echo "nvidia-smi failed"
     echo "nproc: $(nproc)"
-} >>"$ENV_LOG" 2>&1
-run_step env "$ENV_LOG" 45 "$PY" -c '
-import platform, sys, torch
-print("python", sys.version.split()[0], sys.executable)
-print("torch", torch.__version__, "cuda", torch.version.cuda, "available", torch.cuda.is_available())
+} >"$WORK/env.log" 2>&1
+ENV_CHECK='
+import os, sys, torch
+print("python", sys.version.split()[0], "torch", torch.__version__, "cuda", torch.version.cuda, "gpu", torch.cuda.is_available())
 if torch.cuda.is_available():
     p = torch.cuda.get_device_properties(0)
     print("gpu", p.name, f"cc {p.major}.{p.minor}", p.multi_processor_count, "SMs", round(p.total_memory / 2**30, 1), "GiB")
@@ -115,141 +201,82 @@ try:
     import triton; print("triton", triton.__version__)
 except Exception as e:
     print("triton: not importable:", e)
-sys.exit(0 if torch.cuda.is_available() else "torch sees no CUDA GPU")
+sys.exit(0 if torch.cuda.is_available() or os.environ.get("LUMINA_FAKE_GPU") == "1" else "torch sees no CUDA GPU")
 '
-grep -E "Driver Version|NVIDIA H" "$ENV_LOG" | head -n 2 | sed 's/^/    /'
+run_step env "$PY" -c "$ENV_CHECK"
 
-# optional pure-Python packages the machine lacks (diffusers, liger-kernel: benchmarks/fetch_wheels.sh puts them
-# in .whl/, which the device tool carries): installed into a separate folder on PYTHONPATH, as the device README does
-if ls "$WHEELS"/*.whl >/dev/null 2>&1; then
-    run_step wheels "$ENV_LOG" 120 "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-        --target /tmp/lumina-site "$WHEELS"/*.whl
-    export PYTHONPATH=/tmp/lumina-site${PYTHONPATH:+:$PYTHONPATH}
-fi
-
-# pytest, pytest-benchmark and hypothesis: install from carried wheels only if missing
-HAVE_PYTEST=1
-missing=$("$PY" - <<'EOF'
-import importlib.util
-mods = {"pytest": "pytest", "pytest-benchmark": "pytest_benchmark", "hypothesis": "hypothesis"}
-print(" ".join(p for p, m in mods.items() if importlib.util.find_spec(m) is None))
-EOF
-)
-if [ -n "$missing" ]; then
-    echo "=== [deps] missing: $missing" | tee -a "$ENV_LOG"
+# ---- wheels ------------------------------------------------------------------------------------
+if in_plan wheels; then
     if ls "$WHEELS"/*.whl >/dev/null 2>&1; then
-        run_step deps "$ENV_LOG" 120 "$PY" -m pip install --no-index --find-links "$WHEELS" --no-cache-dir --no-compile $missing
+        run_step wheels "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+            --target /tmp/lumina-site "$WHEELS"/*.whl
+        export PYTHONPATH=$PYTHONPATH:/tmp/lumina-site
     else
-        skip_step deps "missing $missing and no wheels in $WHEELS"
+        skip_step wheels "no wheels in $WHEELS"
     fi
-    "$PY" -c "import pytest, pytest_benchmark" >/dev/null 2>&1 || HAVE_PYTEST=0
 fi
 
-# ---------------------------------------------------------------------------------------------
-# (b) build the extension for sm_90
-# ---------------------------------------------------------------------------------------------
-BUILD_LOG=$OUT/build.log
-: >"$BUILD_LOG"
-if [ "${SKIP_BUILD:-0}" = 1 ]; then
+# ---- build ---------------------------------------------------------------------------------------
+usable_build() {  # a build in the tree whose CUDA kernels run on this GPU
+    "$PY" -m lumina_kernels.info --require-cuda >/dev/null 2>&1
+}
+if [ "${SKIP_BUILD:-}" = 1 ]; then
     skip_step build "SKIP_BUILD=1"
+elif [ "$DRY" != 1 ] && [ "${SKIP_BUILD:-}" != 0 ] && usable_build; then
+    skip_step build "a usable build is already there"
 else
-    run_step build "$BUILD_LOG" "$T_BUILD" env MAX_JOBS=16 LUMINA_CUDA_ARCHS=9.0 \
+    # LUMINA_CUDA_ARCHS unset: setup.py builds for the visible GPU (sm_90 on the H200). The second and e2e plans
+    # budget no build (a warm machine keeps it); on a cold machine it takes up to 150 s from the steps after it.
+    STEP_LIMIT=$(( $(budget build) > 0 ? $(budget build) : 150 )) run_step build env -u LUMINA_CUDA_ARCHS MAX_JOBS=16 \
         "$PY" -m pip install --no-build-isolation --no-deps --no-cache-dir -v -e .
-    grep -E "lumina: building|warning|error" "$BUILD_LOG" | grep -v -- "-Werror" | head -n 12 | sed 's/^/    /'
 fi
 
-# ---------------------------------------------------------------------------------------------
-# (c) what was built
-# ---------------------------------------------------------------------------------------------
-INFO_LOG=$OUT/info.log
-: >"$INFO_LOG"
-run_step info "$INFO_LOG" "$T_INFO" "$PY" -m lumina_kernels.info
+# ---- info: fail loudly when the extension or its CUDA kernels are missing ----------------------------
+run_step info "$PY" -m lumina_kernels.info --require-cuda
 
-# ---------------------------------------------------------------------------------------------
-# (d) CUDA tests
-# ---------------------------------------------------------------------------------------------
-TESTS_LOG=$OUT/tests.log
-: >"$TESTS_LOG"
-if ! want tests; then
-    skip_step tests "not in PARTS"
-elif [ $HAVE_PYTEST = 1 ]; then
-    run_step tests "$TESTS_LOG" "$T_TESTS" "$PY" -m pytest tests -x -q -m cuda -p no:cacheprovider
-else
-    skip_step tests "pytest / pytest-benchmark not available"
-fi
-
-# ---------------------------------------------------------------------------------------------
-# (e) sampling benchmark (issue 6 goal: context drop + CUDA graphs vs eager)
-# ---------------------------------------------------------------------------------------------
-SAMPLE_LOG=$OUT/sample.log
-SAMPLE_JSON=$OUT/sample.json
-: >"$SAMPLE_LOG"
-rm -f "$SAMPLE_JSON"
-if ! want sample; then
-    skip_step sample "not in PARTS"
-elif [ $HAVE_PYTEST = 1 ]; then
-    run_step sample "$SAMPLE_LOG" "$T_SAMPLE" "$PY" -m pytest benchmarks/bench_sampling.py --benchmark-only -m cuda -q \
-        -p no:cacheprovider --benchmark-json="$SAMPLE_JSON" --benchmark-columns=median,rounds
-else
-    skip_step sample "pytest / pytest-benchmark not available"
-fi
-
-# ---------------------------------------------------------------------------------------------
-# (f) CUDA kernel benchmarks
-# ---------------------------------------------------------------------------------------------
-BENCH_LOG=$OUT/bench.log
-BENCH_JSON=$OUT/bench.json
-: >"$BENCH_LOG"
-rm -f "$BENCH_JSON"
-if ! want bench; then
-    skip_step bench "not in PARTS"
-elif [ $HAVE_PYTEST = 1 ]; then
-    # shellcheck disable=SC2086  # BENCH_ARGS is meant to split
-    eval "set -- ${BENCH_ARGS:-}"
-    run_step bench "$BENCH_LOG" "$T_BENCH" "$PY" -m pytest benchmarks --benchmark-only -m cuda -q -p no:cacheprovider \
-        --ignore=benchmarks/bench_sampling.py \
-        --benchmark-json="$BENCH_JSON" --benchmark-columns=median,iqr,rounds,iterations "$@"
-else
-    skip_step bench "pytest / pytest-benchmark not available"
-fi
-
-# ---------------------------------------------------------------------------------------------
-# (f2) end to end against diffusers (needs diffusers: carried as wheels, see LUMINA_WHEELS)
-# ---------------------------------------------------------------------------------------------
-E2E_LOG=$OUT/e2e.log
-if want e2e; then
-    : >"$E2E_LOG"
-    run_step e2e "$E2E_LOG" "$T_E2E" "$PY" -m benchmarks.e2e --device cuda --runs 1 --modes eager,drop+graphs \
-        --deadline $((T_E2E - 90)) --out "$OUT/e2e.md"
-fi
-
-# ---------------------------------------------------------------------------------------------
-# (g) the table, last
-# ---------------------------------------------------------------------------------------------
-echo
-echo "=== steps (total $(($(date +%s) - T0))s; logs in $OUT)"
-printf '  %s\n' "${STATUS[@]}"
-echo
-if ! want bench; then
-    :
-elif [ -s "$BENCH_JSON" ]; then
-    if ! "$PY" benchmarks/summarize.py "$BENCH_JSON" --device cuda --out "$OUT/summary.md"; then
-        echo "summarize.py failed"
-        FAILED=1
-    elif ! grep -q '"device": "cuda"' "$BENCH_JSON"; then
-        echo "no CUDA benchmark ran"
-        FAILED=1
+# ---- tests ---------------------------------------------------------------------------------------------
+if in_plan tests; then
+    GPU_FLAG=auto
+    [ "$FAKE_GPU" = 1 ] && GPU_FLAG=yes
+    if [ "$DRY" = 1 ]; then
+        "$PY" -m benchmarks.device_tests --out "$OUT" --dry-run --gpu "$GPU_FLAG" >>"$WORK/tests.plan" 2>&1
+        : >"$OUT/tests.json"
     fi
-else
-    echo "no benchmark JSON ($BENCH_JSON): no table"
-    [ $HAVE_PYTEST = 1 ] && FAILED=1
+    run_step tests "$PY" -m benchmarks.device_tests --out "$OUT" --log "$WORK/tests-output.log" --gpu "$GPU_FLAG" \
+        --jobs 4 --deadline $(($(budget tests) - 5)) --group-timeout 100 --test-timeout 60
 fi
-if [ -s "$SAMPLE_JSON" ]; then
-    echo
-    "$PY" benchmarks/summarize.py "$SAMPLE_JSON" --device cuda --out "$OUT/sample.md" && cat "$OUT/sample.md" >>"$OUT/summary.md"
-    rm -f "$OUT/sample.md"
-elif want sample; then
-    echo "no sampling JSON ($SAMPLE_JSON)"
+
+# ---- bench: the rows that answer the open questions first --------------------------------------------
+BENCH_FILTER=${BENCH_FILTER:-"not compiled and (attention and 4096 or (test_kernel and 4096 and not merge and not solver and not cfg))"}
+if in_plan bench; then
+    [ "$DRY" = 1 ] && : >"$OUT/bench.json"
+    run_step bench "$PY" -m pytest benchmarks/bench_attention.py benchmarks/bench_kernels.py --benchmark-only -m cuda \
+        -q -p no:cacheprovider -k "$BENCH_FILTER" --benchmark-json="$OUT/bench.json" \
+        --benchmark-columns=median,iqr,rounds
+    require_rows bench "$OUT/bench.json"
 fi
-[ -s "$OUT/e2e.md" ] && cat "$OUT/e2e.md"
+
+# ---- sample: 1024^2 every mode, 2048^2 eager against drop+graphs ---------------------------------------
+if in_plan sample; then
+    [ "$DRY" = 1 ] && : >"$OUT/sample.json"
+    run_step sample "$PY" -m pytest benchmarks/bench_sampling.py --benchmark-only -m cuda -q -p no:cacheprovider \
+        -k "1024px or (2048px and (eager or (drop and graphs)))" --benchmark-json="$OUT/sample.json" \
+        --benchmark-columns=median,rounds
+    require_rows sample "$OUT/sample.json"
+fi
+
+# ---- e2e: against diffusers at 1024^2 ----------------------------------------------------------------
+if in_plan e2e; then
+    [ "$DRY" = 1 ] && : >"$OUT/e2e.md"
+    run_step e2e "$PY" -m benchmarks.e2e --device cuda --sizes 1024 --runs 1 --modes eager,drop+graphs \
+        --deadline $(($(budget e2e) - 90)) --out "$OUT/e2e.md"
+fi
+
+# ---- summary -----------------------------------------------------------------------------------------
+write_summary
+echo
+echo "=== steps (total $(($(date +%s) - T0)) s of the ${DEADLINE} s deadline; outputs in $OUT)"
+printf '  %s\n' "${STATUS[@]}"
+[ "$DRY" = 1 ] || cat "$SUMMARY" | sed -n '/^## /,$p' | head -n 120
+rm -rf "$WORK"
 exit $FAILED

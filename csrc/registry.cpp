@@ -26,13 +26,23 @@ TORCH_LIBRARY(lumina, m) {
         " Tensor? k_freqs, Tensor? key_padding_mask, float softmax_scale) -> (Tensor grad_q, Tensor grad_k,"
         " Tensor grad_v)",
         {at::Tag::pt2_compliant_tag});
-  // Context drop: average tokens of x (batch, tokens, ...) laid out row-major on grid (h, w) or (frames, h, w)
-  // over cells of `factor` (ceil-divided: edge cells are partial); mask (batch, tokens) bool leaves tokens out.
+  // Context drop: average tokens of x (batch, tokens, ...) laid out row-major on grid (tokens,), (h, w) or
+  // (frames, h, w) over cells of `factor` (ceil-divided: edge cells are partial); mask (batch, tokens) bool leaves
+  // tokens out.
   // out (batch, cells, ...) in x's dtype; count (batch, cells) fp32 = tokens averaged (0: the cell is empty).
   m.def("merge_tokens(Tensor x, Tensor? mask, int[] grid, int[] factor) -> (Tensor out, Tensor count)",
         {at::Tag::pt2_compliant_tag});
   // Gradient of merge_tokens with respect to x: each token gets its cell's gradient / count (0 if masked).
   m.def("merge_tokens_backward(Tensor grad_out, Tensor? mask, Tensor count, int[] grid, int[] factor) -> Tensor",
+        {at::Tag::pt2_compliant_tag});
+  // Context drop over any layout: cells (tokens,) (shared by the batch) or (batch, tokens), int32 or int64, holds the
+  // cell id of every token, in [0, n_cells) (an error on CPU; on CUDA checked by one host-synced reduction except while
+  // a graph is captured, when a token with an id out of range is left out). out (batch, n_cells, ...) averages the
+  // unmasked tokens of each cell in token order; count as merge_tokens.
+  m.def("merge_tokens_cells(Tensor x, Tensor? mask, Tensor cells, int n_cells) -> (Tensor out, Tensor count)",
+        {at::Tag::pt2_compliant_tag});
+  // Gradient of merge_tokens_cells with respect to x (0 for a masked token or one whose cell is empty).
+  m.def("merge_tokens_cells_backward(Tensor grad_out, Tensor? mask, Tensor count, Tensor cells) -> Tensor",
         {at::Tag::pt2_compliant_tag});
   // Fused ODE-solver step: x + h * sum_i coeffs[i] * ks[i] in x's dtype (the solver state, float32 or float64):
   // zero coefficients skipped, then each term added in order with one rounding (fused multiply-add), the products

@@ -7,6 +7,7 @@
     q = lk.apply_rope(q, freqs_cis)                          # q (B, L, H, D), freqs_cis complex64 (L, D/2)
     o = lk.attention(q, k, v, q_freqs=f, k_freqs=f)          # q (B, L, Hq, D), k/v (B, L, Hkv, D): RoPE + GQA fused
     k2, n = lk.merge_tokens(k, (h, w), 2, mask)              # context drop: average 2x2 cells of the token grid
+    k2, n = lk.merge_tokens(k, cells=ids, n_cells=c)         # ... or any cells: ids (L,) or (B, L) in [0, c)
     x = lk.solver_update(x, [k1, k2], [0.5, 0.5], h)         # x + h * (k1 + k2) / 2 in x's dtype, one pass
     v = lk.cfg_combine(out[:B], out[B:], 4.0)                # classifier-free guidance of a doubled-batch output
     print(lk.explain("fused_rms_norm", x, weight))           # which backend runs, and why not the others

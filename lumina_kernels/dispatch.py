@@ -118,6 +118,11 @@ def on_device(x: torch.Tensor, device_type: str, name: str = "x") -> str | None:
     return None
 
 
+def compiled_for(x: torch.Tensor) -> str | None:
+    """On a CUDA tensor: None when this build holds code for the GPU's architecture, else why not."""
+    return _ext.arch_refusal(x.device) if x.device.type == "cuda" and _ext.LOAD_ERROR is None else None
+
+
 def kernel_dtype(x: torch.Tensor, name: str = "x") -> str | None:
     if x.dtype not in KERNEL_DTYPES:
         return f"{name} has dtype {x.dtype}, not one of float32, bfloat16, float16"
@@ -132,6 +137,9 @@ def compiled_backend(device_type: str, *extra: Check) -> Check:
         for reason in (needs_extension(device_type), on_device(x, device_type), kernel_dtype(x)):
             if reason is not None:
                 return reason
+        reason = compiled_for(x)
+        if reason is not None:
+            return reason
         for c in extra:
             reason = c(inputs)
             if reason is not None:

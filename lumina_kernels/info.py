@@ -65,12 +65,33 @@ def report(verbose: bool = False) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> None:
+def cuda_problem() -> str | None:
+    """None when the compiled CUDA kernels can run here, else what is missing: the library, its CUDA kernels, a
+    visible GPU, or code for that GPU's architecture."""
+    if _ext.LOAD_ERROR is not None:
+        return f"lumina_kernels._C is not loaded ({_ext.LOAD_ERROR})"
+    if not _ext.HAS_CUDA_KERNELS:
+        return "this build has no CUDA kernels (torch without CUDA, no nvcc, or LUMINA_FORCE_CPU=1 at build time)"
+    if not torch.cuda.is_available():
+        return "torch sees no CUDA GPU"
+    return _ext.arch_refusal(0)
+
+
+def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m lumina_kernels.info", description=__doc__.splitlines()[0])
     ap.add_argument("-v", "--verbose", action="store_true", help="show every backend's verdict")
+    ap.add_argument("--require-cuda", action="store_true",
+                    help="exit 1, saying why, unless the CUDA kernels are built, loaded and run on the visible GPU")
     args = ap.parse_args(argv)
     print(report(args.verbose))
+    if args.require_cuda:
+        problem = cuda_problem()
+        if problem is not None:
+            print(f"\nFAILED (--require-cuda): {problem}")
+            return 1
+        print("\nCUDA kernels: ready on this GPU")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

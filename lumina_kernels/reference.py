@@ -114,7 +114,7 @@ def attention(
 
 def merge_cells(grid, factor, device=None) -> tuple[Tensor, tuple[int, ...]]:
     """(cell index of every token (prod(grid),), cells per axis) for a row-major grid tiled by `factor` cells
-    (ceil-divided: edge cells are partial). grid / factor: (h, w) or (frames, h, w)."""
+    (ceil-divided: edge cells are partial). grid / factor: (tokens,), (h, w) or (frames, h, w)."""
     axes = [torch.arange(g, device=device) // k for g, k in zip(grid, factor)]
     cgrid = tuple(-(-g // k) for g, k in zip(grid, factor))
     idx = torch.zeros((), dtype=torch.long, device=device)
@@ -123,23 +123,42 @@ def merge_cells(grid, factor, device=None) -> tuple[Tensor, tuple[int, ...]]:
     return idx.reshape(-1), cgrid
 
 
-def merge_tokens(x: Tensor, grid, factor, mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
-    """Average tokens of x (B, L, ...) laid out row-major on `grid` over cells of `factor`.
+def merge_tokens(x: Tensor, grid=None, factor=None, mask: Tensor | None = None, *, cells: Tensor | None = None,
+                 n_cells: int | None = None) -> tuple[Tensor, Tensor]:
+    """Average tokens of x (B, L, ...) over cells: of a row-major `grid`, or given per token by `cells`.
 
-    grid (h, w) or (frames, h, w) with prod(grid) == L; factor the cell size per axis (edge cells hold fewer
-    tokens); mask (B, L) bool leaves tokens out of the averages. Returns (out (B, cells, ...) in x's dtype,
-    count (B, cells) float32: the tokens averaged, 0 for a cell with none, whose output is 0).
+    grid (tokens,), (h, w) or (frames, h, w) with prod(grid) == L; factor the cell size per axis (edge cells hold
+    fewer tokens). Or cells: int (L,) (one layout for the batch) or (B, L), the cell id of every token, with n_cells
+    cells; a token whose id lies outside [0, n_cells) belongs to no cell (the wrappers reject such ids; this keeps the
+    fallback memory-safe where they cannot check). mask (B, L) bool leaves tokens out of the averages. Returns
+    (out (B, n_cells, ...) in x's dtype, count (B, n_cells) float32: the tokens averaged, 0 for a cell with none, whose
+    output is 0).
     """
     B, L = x.shape[:2]
-    cell, cgrid = merge_cells(grid, factor, x.device)
-    n_cells = 1
-    for c in cgrid:
-        n_cells *= c
     ct = _compute_dtype(x)
     w = torch.ones(B, L, dtype=ct, device=x.device) if mask is None else mask.to(ct)
-    xs = x.to(ct) * w.reshape(B, L, *([1] * (x.dim() - 2)))
-    total = xs.new_zeros(B, n_cells, *x.shape[2:]).index_add(1, cell, xs)
-    count = w.new_zeros(B, n_cells).index_add(1, cell, w)
+    if cells is None:
+        cell, cgrid = merge_cells(grid, factor, x.device)
+        n_cells = 1
+        for c in cgrid:
+            n_cells *= c
+    else:
+        cell = cells.long()
+        inside = (cell >= 0) & (cell < n_cells)
+        w = w * inside
+        cell = torch.where(inside, cell, 0)
+        if n_cells == 0:  # no cell to add to (and every id out of range)
+            w, cell = w[:, :0], cell[..., :0]
+            x = x[:, :0]
+    xs = x.to(ct) * w.reshape(w.shape[0], w.shape[1], *([1] * (x.dim() - 2)))
+    if cell.dim() == 1:  # one layout for the whole batch
+        total = xs.new_zeros(B, n_cells, *x.shape[2:]).index_add(1, cell, xs)
+        count = w.new_zeros(B, n_cells).index_add(1, cell, w)
+    else:  # per-sample layouts: cells of row b are b * n_cells + id in the flattened batch
+        flat = (cell + n_cells * torch.arange(B, device=x.device)[:, None]).reshape(-1)
+        total = xs.new_zeros(B * n_cells, *x.shape[2:]).index_add(0, flat, xs.reshape(-1, *x.shape[2:]))
+        total = total.reshape(B, n_cells, *x.shape[2:])
+        count = w.new_zeros(B * n_cells).index_add(0, flat, w.reshape(-1)).reshape(B, n_cells)
     out = total / count.clamp(min=1).reshape(B, n_cells, *([1] * (x.dim() - 2)))
     return out.to(x.dtype), count.float()
 

@@ -35,3 +35,23 @@ def pytest_runtest_makereport(item, call):
         for k, v in item.user_properties:
             if k == "seed":
                 report.sections.append(("seed", f"reproduce with LUMINA_TEST_SEED={v}"))
+
+
+def pytest_addoption(parser):
+    parser.addoption("--head-dim", default=None, metavar="D|none",
+                     help="keep only parametrized cases whose `shape` ends in head dim D (`none`: the tests without a "
+                          "`shape` parameter); the device check runs the attention tests one head dim per process")
+
+
+def pytest_collection_modifyitems(config, items):
+    want = config.getoption("--head-dim")
+    if want is None:
+        return
+    keep, drop = [], []
+    for item in items:
+        shape = getattr(item, "callspec", None) and item.callspec.params.get("shape")
+        dim = str(shape[-1]) if isinstance(shape, tuple) else "none"
+        (keep if dim == want else drop).append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep

@@ -41,7 +41,8 @@ def test_cuda_kernels_were_compiled_in_this_build():
 
 def test_every_op_is_registered_in_the_lumina_namespace():
     for name in ["fused_rms_norm", "fused_rms_norm_backward", "rope", "attention_fwd", "attention_bwd", "merge_tokens",
-                 "merge_tokens_backward", "solver_update", "cfg_combine", "build_info"]:
+                 "merge_tokens_backward", "merge_tokens_cells", "merge_tokens_cells_backward", "solver_update",
+                 "cfg_combine", "build_info"]:
         assert hasattr(torch.ops.lumina, name), name
     # every schema lives in csrc/registry.cpp, and nowhere else
     defs = [p for p in (ROOT / "csrc").rglob("*.c*") if "m.def(" in p.read_text()]

@@ -141,3 +141,64 @@ def test_fuzz_attention(B, Lq, Lk, Hkv, group, D, dtype, layouts, rope, masked, 
         return
     low = reference.attention(q, k, v, fq, fk, mask, upcast=False)
     assert_within_reference_error(out, ref64, low, msg=f"{(B, Lq, Lk, Hq, Hkv, D)} {dtype} {layouts} {rope}")
+
+
+@FUZZ
+@given(
+    B=st.integers(1, 3),
+    grid=st.lists(st.integers(1, 9), min_size=1, max_size=3),
+    factor=st.lists(st.integers(1, 5), min_size=3, max_size=3),
+    feat=st.lists(st.integers(1, 6), min_size=1, max_size=2),
+    dtype=st.sampled_from(DTYPES),
+    layout=st.sampled_from(LAYOUTS),
+    by=st.sampled_from(["grid", "shared_cells", "per_sample_cells"]),
+    hi=st.integers(1, 12),
+    extra=st.integers(0, 3),
+    index_dtype=st.sampled_from([torch.int32, torch.int64]),
+    masked=st.booleans(),
+    wrong=st.sampled_from([None, None, None, "grid", "factor", "both", "cells_range", "cells_shape", "cells_dtype"]),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_fuzz_merge(B, grid, factor, feat, dtype, layout, by, hi, extra, index_dtype, masked, wrong, seed):
+    L = 1
+    for a in grid:
+        L *= a
+    x = materialise((B, L, *feat), dtype, layout, seed).requires_grad_(True)
+    g = torch.Generator().manual_seed(seed)
+    m = torch.rand(B, L, generator=g) > 0.3 if masked else None
+    f = tuple(factor[: len(grid)])
+    n_cells = hi + extra
+    if by == "grid":
+        kw = {"grid": tuple(grid) + ((2,) if wrong == "grid" else ()), "factor": (0,) + f[1:] if wrong == "factor" else f}
+        if wrong == "both":
+            kw.update(cells=torch.zeros(L, dtype=index_dtype), n_cells=1)
+        ref_kw = {"grid": tuple(grid), "factor": f}
+        bad = wrong in ("grid", "factor", "both")
+    else:
+        cells = torch.randint(0, hi, (L,) if by == "shared_cells" else (B, L), generator=g).to(index_dtype)
+        if wrong == "cells_range" and L:
+            cells.view(-1)[int(torch.randint(0, cells.numel(), (1,), generator=g))] = n_cells
+        if wrong == "cells_shape":
+            cells = cells[..., :-1] if L > 1 else torch.zeros(B + 1, L, dtype=cells.dtype)
+        if wrong == "cells_dtype":
+            cells = cells.float()
+        kw = {"cells": cells, "n_cells": n_cells}
+        if wrong == "both":
+            kw["grid"] = (L,)
+        ref_kw = kw
+        bad = wrong in ("both", "cells_range", "cells_shape", "cells_dtype")
+    try:
+        out, count = lk.merge_tokens(x, mask=m, **kw)
+    except ValueError as err:
+        assert bad, f"valid input refused: {err}"
+        check_value_error(err)
+        return
+    assert not bad, f"bad input ({wrong}) accepted"
+    want, want_count = reference.merge_tokens(x.detach(), mask=m, **ref_kw)
+    assert torch.equal(count, want_count)
+    assert_close(out, want, msg=f"{by} {grid} {f} {dtype} {layout}")
+    go = torch.randn(out.shape, generator=g).to(dtype)
+    (gx,) = torch.autograd.grad(out, x, go)
+    x64 = x.detach().double().requires_grad_(True)
+    (want_gx,) = torch.autograd.grad(reference.merge_tokens(x64, mask=m, **ref_kw)[0], x64, go.double())
+    assert_close(gx, want_gx.to(dtype), kind="grad", msg=f"grad {by} {grid} {f} {dtype} {layout}")

@@ -31,7 +31,7 @@ pytestmark = [pytest.mark.skipif(kr.compiler() is None, reason="no host C++ comp
 
 # ---- merge_tokens -----------------------------------------------------------------------------------------
 MERGE_CASES = [((13, 17), (2, 3)), ((13, 17), (4, 4)), ((3, 5, 7), (2, 2, 3)), ((3, 5, 7), (1, 4, 4)), ((1, 1), (2, 2)),
-               ((5, 3), (1, 1))]
+               ((5, 3), (1, 1)), ((10,), (4,)), ((37,), (5,))]
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
@@ -74,6 +74,52 @@ def test_merge_tokens_grid_stride_and_zero_width():
     m = torch.rand(2, 6) > 0.3
     out0, n0 = kr.merge_tokens(x0, (2, 3), (2, 2), m)
     assert out0.shape == (2, 2, 0) and torch.equal(n0, reference.merge_tokens(x0, (2, 3), (2, 2), m)[1])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("shared", [False, True], ids=["per_sample", "shared"])
+@pytest.mark.parametrize("masked", [False, True])
+def test_merge_tokens_cells(dtype, shared, masked):
+    B, L, n_cells = 3, 37, 13  # ids in [0, 9): cells 9..12 empty
+    x = torch.randn(B, L, 3, 5).to(dtype)
+    cells = torch.randint(0, 9, (L,) if shared else (B, L), dtype=torch.int32)
+    m = None
+    if masked:
+        m = torch.rand(B, L) > 0.4
+        m[1] = False  # an all-masked row
+    out, n = kr.merge_tokens_cells(x, cells, n_cells, m, offset=1 if masked else 0)
+    cpu_out, cpu_n = lk.merge_tokens(x, mask=m, cells=cells, n_cells=n_cells)
+    assert torch.equal(n, cpu_n) and torch.equal(out, cpu_out), "fp32 sums in token order: bitwise as the CPU kernel"
+    want, wn = reference.merge_tokens(x, mask=m, cells=cells, n_cells=n_cells)
+    assert torch.equal(n, wn)
+    assert_close(out, want, msg=f"shared={shared}")
+    g = torch.randn_like(out)
+    gx = kr.merge_tokens_cells_backward(g, m, n, cells, offset=1 if masked else 0)
+    assert torch.equal(gx, torch.ops.lumina.merge_tokens_cells_backward(g, m, n, cells))
+    x64 = x.double().requires_grad_(True)
+    (want_gx,) = torch.autograd.grad(reference.merge_tokens(x64, mask=m, cells=cells, n_cells=n_cells)[0], x64,
+                                     g.double())
+    assert_close(gx, want_gx.to(dtype), kind="grad")
+
+
+def test_merge_tokens_cells_ids_out_of_range_are_skipped_and_grid_stride():
+    # what the kernels do with ids the host did not check (CUDA graph capture): the token is in no cell, nothing is
+    # read or written out of bounds (guarded buffers), the rest is bit for bit the CPU kernel with the token masked
+    B, L, n_cells = 2, 41, 6
+    x = torch.randn(B, L, 15).bfloat16()
+    cells = torch.randint(0, n_cells, (B, L))
+    cells[0, 3], cells[0, 40], cells[1, 0], cells[1, 7] = -1, n_cells, -(2**40), 2**40
+    inside = (cells >= 0) & (cells < n_cells)
+    kr.configure(max_blocks=1)  # one block of 256 threads for 2 * 6 * 15 outputs, 2 * 41 * 15 gradients
+    out, n = kr.merge_tokens_cells(x, cells, n_cells)
+    want, wn = lk.merge_tokens(x, mask=inside, cells=cells.clamp(0, n_cells - 1), n_cells=n_cells)
+    assert torch.equal(out, want) and torch.equal(n, wn)
+    assert torch.equal(wn, reference.merge_tokens(x, cells=cells, n_cells=n_cells)[1])
+    g = torch.randn_like(out)
+    gx = kr.merge_tokens_cells_backward(g, None, n, cells)
+    assert torch.equal(gx, torch.ops.lumina.merge_tokens_cells_backward(g, inside, n, cells.clamp(0, n_cells - 1)))
+    assert not gx[~inside].any()
+    assert [(r[1], r[3]) for r in kr.launches()] == [(1, 1), (5, 1)]  # grids as launched, 1 block run
 
 
 # ---- solver_update ----------------------------------------------------------------------------------------

@@ -20,6 +20,10 @@ bool has_head_dim_kernel(int64_t d) {
   return false;
 }
 
+// gridDim.y and gridDim.z are at most 65535 on every architecture: the kernels put the query heads
+// (forward) or KV heads (backward) on y and the batch on z.
+constexpr int64_t kMaxGridYZ = 65535;
+
 void check_cuda_support(const at::Tensor& q) {
   TORCH_CHECK(q.scalar_type() == at::kBFloat16 || q.scalar_type() == at::kHalf,
               "lumina: the CUDA attention kernel takes bfloat16 or float16 `q`, got ", q.scalar_type(),
@@ -27,6 +31,10 @@ void check_cuda_support(const at::Tensor& q) {
   TORCH_CHECK(q.dim() == 4 && has_head_dim_kernel(q.size(3)),
               "lumina: the CUDA attention kernel has head dims 64, 72, 96 and 128, `q` has ",
               q.dim() == 4 ? q.size(3) : -1);
+  TORCH_CHECK(q.size(0) <= kMaxGridYZ, "lumina: the CUDA attention kernel takes a batch of at most ", kMaxGridYZ,
+              " (gridDim.z), `q` has batch ", q.size(0), "; split the batch");
+  TORCH_CHECK(q.size(2) <= kMaxGridYZ, "lumina: the CUDA attention kernel takes at most ", kMaxGridYZ,
+              " query heads (gridDim.y), `q` has ", q.size(2));
   int dev = 0, major = 0;
   cudaGetDevice(&dev);
   cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev);

@@ -119,9 +119,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> fused_rms_norm_backwa
     pg.zero_();
   }
   // Sum the per-chunk partials (fp32, deterministic) and return the gradients in the inputs' dtype.
-  at::Tensor grad_weight = at::sum(pw, {0, 1}).to(weight.scalar_type());
-  at::Tensor grad_scale = scale.has_value() ? at::sum(ps, {1}).to(x.scalar_type()) : at::empty({0}, x.options());
-  at::Tensor grad_gate = gate.has_value() ? at::sum(pg, {1}).to(x.scalar_type()) : at::empty({0}, x.options());
+  at::Tensor grad_weight = at::sum(pw, at::IntArrayRef{0, 1}).to(weight.scalar_type());
+  at::Tensor grad_scale = scale.has_value() ? at::sum(ps, at::IntArrayRef{1}).to(x.scalar_type()) : at::empty({0}, x.options());
+  at::Tensor grad_gate = gate.has_value() ? at::sum(pg, at::IntArrayRef{1}).to(x.scalar_type()) : at::empty({0}, x.options());
   return {grad_x, grad_weight, grad_scale, grad_gate};
 }
 

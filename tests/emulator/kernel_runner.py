@@ -73,7 +73,8 @@ class _Buffer:
         for s in shape:
             n *= s
         # 64-byte aligned storage, then the offset
-        self.raw = torch.full((offset + n + GUARD + 64,), float("nan"), dtype=dtype)
+        poison = float("nan") if dtype.is_floating_point else torch.iinfo(dtype).min  # int buffers: ids, inputs only
+        self.raw = torch.full((offset + n + GUARD + 64,), poison, dtype=dtype)
         skip = (-self.raw.data_ptr() % 64) // self.raw.element_size()
         self.start = skip + offset
         self.n = n
@@ -144,6 +145,58 @@ def merge_tokens_backward(grad_out: torch.Tensor, mask, count: torch.Tensor, gri
                                     ctypes.c_void_p(m.data_ptr() if m is not None else 0), None, cb.ptr(), gb.ptr(),
                                     gx.ptr(), err, len(err))
     _raise(rc, err, "merge_tokens_backward")
+    return gx.check("grad_x")
+
+
+def _ids(cells: torch.Tensor, offset: int) -> tuple[_Buffer, int]:
+    """A guarded int64 copy of cell ids (L,) or (B, L), and the row stride the host passes (0: one shared row)."""
+    ids = cells.long().contiguous()
+    return _Buffer(ids.shape, torch.int64, offset, ids), (ids.shape[-1] if ids.dim() == 2 else 0)
+
+
+def merge_tokens_cells(x: torch.Tensor, cells: torch.Tensor, n_cells: int, mask: torch.Tensor | None = None,
+                       offset: int = 0):
+    """(out, count) of the CUDA merge_tokens_cells forward kernel: x (B, L, ...), cells (L,) or (B, L); the ids sorted
+    as merge_host.cpp sorts them (stable, per row)."""
+    B, L = x.shape[:2]
+    W = x[0, 0].numel() if B and L else 0
+    sorted_ids, order = torch.sort(cells.long(), dim=-1, stable=True)
+    sb, stride = _ids(sorted_ids, offset)
+    ob, _ = _ids(order, offset)
+    xb = _Buffer(x.shape, x.dtype, offset, x)
+    out = _Buffer((B, n_cells, *x.shape[2:]), x.dtype, offset)
+    count = _Buffer((B, n_cells), torch.float32, offset)
+    m = mask.contiguous() if mask is not None else None
+    err = _err()
+    rc = library().lumina_emu_merge_cells(
+        0, DTYPE[x.dtype], ctypes.c_int64(B), ctypes.c_int64(L), ctypes.c_int64(W), ctypes.c_int64(n_cells),
+        ctypes.c_int64(stride), None, sb.ptr(), ob.ptr(), xb.ptr(), ctypes.c_void_p(m.data_ptr() if m is not None else 0),
+        out.ptr(), count.ptr(), None, None, err, len(err))
+    _raise(rc, err, "merge_tokens_cells")
+    for b, what in ((sb, "sorted_ids"), (ob, "order"), (xb, "x")):
+        b.check(what)
+    return out.check("out"), count.check("count")
+
+
+def merge_tokens_cells_backward(grad_out: torch.Tensor, mask, count: torch.Tensor, cells: torch.Tensor,
+                                offset: int = 0):
+    """grad_x of the CUDA merge_tokens_cells backward kernel."""
+    B, C = grad_out.shape[:2]
+    L = cells.shape[-1]
+    W = grad_out[0, 0].numel() if B and C else 0
+    ib, stride = _ids(cells, offset)
+    gb = _Buffer(grad_out.shape, grad_out.dtype, offset, grad_out)
+    cb = _Buffer(count.shape, torch.float32, offset, count)
+    gx = _Buffer((B, L, *grad_out.shape[2:]), grad_out.dtype, offset)
+    m = mask.contiguous() if mask is not None else None
+    err = _err()
+    rc = library().lumina_emu_merge_cells(
+        1, DTYPE[grad_out.dtype], ctypes.c_int64(B), ctypes.c_int64(L), ctypes.c_int64(W), ctypes.c_int64(C),
+        ctypes.c_int64(stride), ib.ptr(), None, None, None, ctypes.c_void_p(m.data_ptr() if m is not None else 0),
+        None, cb.ptr(), gb.ptr(), gx.ptr(), err, len(err))
+    _raise(rc, err, "merge_tokens_cells_backward")
+    for b, what in ((ib, "cells"), (gb, "grad_out"), (cb, "count")):
+        b.check(what)
     return gx.check("grad_x")
 
 

@@ -135,6 +135,24 @@ int lumina_emu_merge(int backward, int dtype, int64_t batch, int64_t width, cons
   return 0;
 }
 
+// merge_tokens_cells (backward = 0) or its backward (1): the forward reads sorted_ids and order (the host's stable
+// sort of the ids), the backward cell_ids; rows of ids_stride elements (tokens, or 0: one row for the batch).
+int lumina_emu_merge_cells(int backward, int dtype, int64_t batch, int64_t tokens, int64_t width, int64_t cells,
+                           int64_t ids_stride, const int64_t* cell_ids, const int64_t* sorted_ids,
+                           const int64_t* order, const void* x, const bool* mask, void* out, float* count,
+                           const void* grad_out, void* grad_x, char* err, int err_len) {
+  MergeParams p;
+  p.batch = batch, p.tokens = tokens, p.width = width, p.cells = cells, p.ids_stride = ids_stride;
+  p.cell_ids = cell_ids, p.sorted_ids = sorted_ids, p.order = order;
+  p.x = x, p.mask = mask, p.out = out, p.count = count, p.grad_out = grad_out, p.grad_x = grad_x;
+  try {
+    check(backward ? for_dtype<MergeBwd>(dtype, p) : for_dtype<MergeFwd>(dtype, p));
+  } catch (const std::exception& e) {
+    return report(e, err, err_len);
+  }
+  return 0;
+}
+
 // solver_update with `terms` k tensors; state and ktype are SolverType values.
 int lumina_emu_solver_update(int state, int ktype, int terms, const void* x, const void* const* ks,
                              const double* alpha, void* out, int64_t n, char* err, int err_len) {

@@ -190,6 +190,8 @@ LUMINA_DEV float fast_exp2(float x) {
 // ---- ldmatrix -------------------------------------------------------------------------------
 // x4: lanes 8i..8i+7 give the row addresses of matrix i; register i of every lane holds its part of
 // matrix i. x2 uses lanes 0..15, x1 lanes 0..7. .trans delivers the transposed 8x8 matrices.
+// The "memory" clobber: ldmatrix reads shared memory that plain C++ stores wrote; without it the
+// compiler may move those stores (or cached shared-memory loads) across the asm statement.
 #ifdef LUMINA_FLASH_EMULATE
 LUMINA_DEV void ldsm_x4(uint32_t (&r)[4], const void* p) { emu::ldmatrix(r, 4, false, p); }
 LUMINA_DEV void ldsm_x2(uint32_t (&r)[2], const void* p) { emu::ldmatrix(r, 2, false, p); }
@@ -200,20 +202,26 @@ LUMINA_DEV uint32_t smem_addr(const void* p) { return static_cast<uint32_t>(__cv
 LUMINA_DEV void ldsm_x4(uint32_t (&r)[4], const void* p) {
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
                : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(smem_addr(p)));
+               : "r"(smem_addr(p))
+               : "memory");
 }
 LUMINA_DEV void ldsm_x2(uint32_t (&r)[2], const void* p) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0, %1}, [%2];\n" : "=r"(r[0]), "=r"(r[1]) : "r"(smem_addr(p)));
+  asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0, %1}, [%2];\n"
+               : "=r"(r[0]), "=r"(r[1])
+               : "r"(smem_addr(p))
+               : "memory");
 }
 LUMINA_DEV void ldsm_x4_t(uint32_t (&r)[4], const void* p) {
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
                : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(smem_addr(p)));
+               : "r"(smem_addr(p))
+               : "memory");
 }
 LUMINA_DEV void ldsm_x2_t(uint32_t (&r)[2], const void* p) {
   asm volatile("ldmatrix.sync.aligned.m8n8.x2.trans.shared.b16 {%0, %1}, [%2];\n"
                : "=r"(r[0]), "=r"(r[1])
-               : "r"(smem_addr(p)));
+               : "r"(smem_addr(p))
+               : "memory");
 }
 #endif
 

@@ -31,6 +31,10 @@ __global__ void __launch_bounds__(128) bwd_dq_kernel(const AttentionParams p) {
   bwd_dq_block<T, D>(p, p.dq_accum);
 }
 
+// The largest dynamic shared memory a block may take on every architecture the runtime accepts
+// (compute capability 8.0 and newer): 99 KiB on sm_86 and sm_89 (163 KiB on sm_80, 227 KiB on sm_90).
+constexpr int kMaxSmemPerBlock = 99 * 1024;
+
 // Kernels using more than 48 KiB of dynamic shared memory must say so first.
 template <typename Kernel>
 cudaError_t allow_smem(Kernel kernel, int bytes) {
@@ -44,6 +48,7 @@ template <DType dt, int D>
 cudaError_t launch_attention_fwd_cuda(const AttentionParams& p, cudaStream_t stream) {
   using T = typename flash::FlashType<dt>::type;
   constexpr int smem = flash::FwdSmem<D>::kBytes;
+  static_assert(smem <= flash::kMaxSmemPerBlock, "forward tile exceeds the 99 KiB shared memory of sm_86/sm_89");
   if (cudaError_t e = flash::allow_smem(flash::fwd_kernel<T, D>, smem); e != cudaSuccess) return e;
   const flash::FwdGrid grid = flash::fwd_grid(p);
   flash::fwd_kernel<T, D><<<dim3(grid.x, grid.y, grid.z), 128, smem, stream>>>(p);
@@ -54,6 +59,7 @@ template <DType dt, int D>
 cudaError_t launch_attention_bwd_cuda(const AttentionParams& p, cudaStream_t stream) {
   using T = typename flash::FlashType<dt>::type;
   constexpr int smem = flash::BwdSmem<D>::kBytes;
+  static_assert(smem <= flash::kMaxSmemPerBlock, "backward tile exceeds the 99 KiB shared memory of sm_86/sm_89");
   if (cudaError_t e = flash::allow_smem(flash::bwd_kernel<T, D>, smem); e != cudaSuccess) return e;
   const flash::BwdGrids grids = flash::bwd_grids(p, D);
   flash::bwd_delta_kernel<T, D><<<grids.delta_blocks, 128, 0, stream>>>(p);
