@@ -266,3 +266,43 @@ def test_rope_split_must_fit_the_modality():
     with pytest.raises(ValueError, match="`cap_feats` given but the model has no cross-attention"):
         _model("volume-nocontext")(torch.randn(1, 1, 2, 4, 4), torch.rand(1), torch.randn(1, 2, 4),
                                    torch.ones(1, 2, dtype=torch.bool))
+
+
+# ----------------------------------------------------------------------------------------------
+# context drop for every layout
+# ----------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("key,plan", [("image", ((3, 4), (2, 2))), ("sequence", ((6,), (2,))),
+                                      ("volume", ((3, 2, 3), (1, 2, 2)))])
+def test_context_drop_merges_along_the_pooled_axes(key, plan):
+    model, cfg = _model(key), CONFIGS[key]
+    x = torch.randn(2, *SAMPLES[key][0])
+    t = torch.tensor([0.3, 0.6])
+    feats, mask = _context(cfg, 2)
+    batch = model.adapter.tokenize(list(x))
+    assert (model.adapter.merge_plan(batch, 2).grid, model.adapter.merge_plan(batch, 2).factors) == plan
+    with torch.no_grad():
+        plain = model(x, t, feats, mask)
+        assert torch.equal(model(x, t, feats, mask, context_drop=[1, 1]), plain)
+        merged = model(x, t, feats, mask, context_drop=[2, 2])
+    assert merged.shape == plain.shape and torch.isfinite(merged).all()
+    assert 0 < (merged - plain).abs().max() < plain.abs().max()
+
+
+@pytest.mark.parametrize("key", ["image", "sequence", "volume"])
+def test_context_drop_over_samples_of_different_sizes(key):
+    """Mixed sizes merge over an explicit cell per token: each sample gets what it gets alone."""
+    model, cfg = _model(key), CONFIGS[key]
+    xs = [torch.randn(s) for s in SAMPLES[key]]
+    t = torch.tensor([0.3, 0.6])
+    feats, mask = _context(cfg, 2)
+    batch = model.adapter.tokenize(xs)
+    plan = model.adapter.merge_plan(batch, 2)
+    assert plan.grid is None and plan.cells.shape == batch.mask.shape and plan.cells.max() < plan.n_cells
+    with torch.no_grad():
+        outs = model(xs, t, feats, mask, context_drop=[2, 1])
+        for i, x in enumerate(xs):
+            alone = model([x], t[i:i + 1], feats[i:i + 1, :int(mask[i].sum())], mask[i:i + 1, :int(mask[i].sum())],
+                          context_drop=[2, 1])[0]
+            _close(outs[i], alone)
+        with pytest.raises(ValueError, match=f"{key}s of one size"):
+            model(xs, t, feats, mask, context_drop=[2, 1], context_drop_method="tome")

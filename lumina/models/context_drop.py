@@ -2,9 +2,11 @@
 
 Two merge methods (the schedule that picks layers and times is :class:`lumina.sampling.ContextDrop`):
 
-``pool`` (default): keys and values are average-pooled over ``k x k`` cells of the patch grid by
-``lumina_kernels.merge_tokens`` (CPU and CUDA kernels), padding-masked tokens left out of the averages, cells left
-empty by the mask masked out of the attention.
+``pool`` (default): keys and values are average-pooled over cells by ``lumina_kernels.merge_tokens`` (CPU and
+CUDA kernels), padding-masked tokens left out of the averages, cells left empty by the mask masked out of the
+attention. The modality adapter's merge plan says which cells: ``k`` along each pooled axis of the token grid
+(``k x k`` patches of an image, ``k`` steps of a sequence, ``k x k`` patches within each frame of a volume), and
+for a batch of samples of different sizes an explicit cell index per token.
 
 ``tome``: ToMe-style similarity merging (Bolya et al. 2023) restricted to keys and values: every cell's first token
 is a destination, every other token joins the destination whose RoPE'd key is most similar (cosine, all KV heads),
@@ -26,7 +28,6 @@ per-key bias).
 from __future__ import annotations
 
 import functools
-import inspect
 import math
 from typing import Sequence
 
@@ -38,10 +39,7 @@ import lumina_kernels as lk
 
 from .modality import MergePlan
 
-__all__ = ["ContextDropLayer", "tome_merge", "CELLS_SUPPORTED"]
-
-# whether this lumina_kernels build merges over an explicit cell per token (samples of different sizes)
-CELLS_SUPPORTED = "cells" in inspect.signature(lk.merge_tokens).parameters
+__all__ = ["ContextDropLayer", "tome_merge"]
 
 
 class ContextDropLayer:
@@ -75,10 +73,7 @@ class ContextDropLayer:
         """(B, L, ...) -> (merged (B, cells, ...), count (B, cells) float32) over the plan's cells."""
         if self.grid is None:
             return lk.merge_tokens(x, mask=mask, cells=self.plan.cells, n_cells=self.plan.n_cells)
-        grid, factors = self.grid, self.factors
-        if len(grid) == 1:  # a 1-D grid is a 2-D grid of one row
-            grid, factors = (1, *grid), (1, *factors)
-        return lk.merge_tokens(x, grid, factors, mask)
+        return lk.merge_tokens(x, self.grid, self.factors, mask)
 
     def attend(self, q: Tensor, k: Tensor, v: Tensor, freqs: Tensor | None, mask: Tensor | None,
                softmax_scale: float | None) -> Tensor:

@@ -20,7 +20,7 @@ from . import checkpoints, modality
 from .backbone import Backbone
 from .blocks import RMSNorm, TimestepEmbedder
 from .config import PRESETS, NextDiTConfig, config_from_preset
-from .context_drop import CELLS_SUPPORTED, ContextDropLayer
+from .context_drop import ContextDropLayer
 from .rope import RopeScaling, rope_grid, rope_nd
 
 __all__ = ["NextDiT", "NextDiTConfig", "PRESETS", "config_from_preset"]
@@ -189,9 +189,9 @@ class NextDiT(Backbone):
         if len(factors) != n or not all(isinstance(f, int) and not isinstance(f, bool) and f >= 1 for f in factors):
             raise ValueError(f"`context_drop` must hold one int factor >= 1 per layer ({n}), got {factors!r}")
         plans = {f: self.adapter.merge_plan(batch, f) for f in set(factors) if f > 1}
-        if not CELLS_SUPPORTED and any(p.cells is not None for p in plans.values()):
-            raise ValueError(f"`context_drop` needs {self.adapter.name}s of one size in the batch: this lumina_kernels "
-                             f"build cannot merge over per-token cells; got token grids {sorted(set(batch.grids))}")
+        if method == "tome" and any(p.cells is not None for p in plans.values()):
+            raise ValueError(f"`context_drop` with method 'tome' needs {self.adapter.name}s of one size in the batch "
+                             f"(a shared token grid); got token grids {sorted(set(batch.grids))}; 'pool' merges any")
         return [ContextDropLayer(f, plans[f], method) if f > 1 else None for f in factors]
 
     # -- checkpoints -----------------------------------------------------------------------------
