@@ -140,6 +140,8 @@ class ModalityAdapter(nn.Module):
     def merge_plan(self, batch: TokenBatch, factor: int) -> MergePlan:
         """Context drop cells: `factor` along every pooled axis. Samples sharing one grid merge on it (the grid
         kernels); samples of different sizes get an explicit cell index per token."""
+        if batch.grids is None:
+            raise ValueError(f"`context_drop` needs tokens on a grid; the {self.name!r} batch has free positions")
         grids = set(batch.grids)
         factors = tuple(factor if pooled else 1 for pooled in self.pool_axes)
         if len(grids) == 1:
