@@ -306,3 +306,10 @@ def test_context_drop_over_samples_of_different_sizes(key):
             _close(outs[i], alone)
         with pytest.raises(ValueError, match=f"{key}s of one size"):
             model(xs, t, feats, mask, context_drop=[2, 1], context_drop_method="tome")
+
+
+def test_module_order_is_official_so_seeded_init_matches_the_released_code():
+    from lumina.models.nextdit import NextDiT, config_from_preset
+
+    model = NextDiT(config_from_preset("NextDiT_tiny"))
+    assert list(dict(model.named_children())) == ["x_embedder", "t_embedder", "cap_embedder", "layers", "final_layer"]

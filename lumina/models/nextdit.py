@@ -10,6 +10,7 @@ cross-attention); tokens declared clean (``clean_prefix``) get the t = 1 conditi
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Sequence
 
@@ -27,10 +28,12 @@ __all__ = ["NextDiT", "NextDiTConfig", "PRESETS", "config_from_preset"]
 
 
 @torch.compiler.assume_constant_result
-def _rope_table(grid: tuple[int, ...], axis_dims: tuple[int, ...], theta: float, scaling: RopeScaling | None,
+def _rope_table(grid: tuple[int, ...], axis_dims: tuple[int, ...], theta: float, scaling: tuple | None,
                 t: float | None, scaled_axes: tuple[bool, ...], interleave: bool, device: torch.device) -> Tensor:
-    """The (cached) RoPE table of a token grid, a constant for torch.compile (its arguments are host values)."""
-    return rope_grid(grid, axis_dims, theta, scaling, t, scaled_axes, interleave, device=device)
+    """The (cached) RoPE table of a token grid, a constant for torch.compile (its arguments are host values).
+    `scaling` is RopeScaling's fields as a tuple: torch 2.11's dynamo cannot pass a frozen dataclass to a constant."""
+    return rope_grid(grid, axis_dims, theta, None if scaling is None else RopeScaling(*scaling), t, scaled_axes,
+                     interleave, device=device)
 
 
 class NextDiT(Backbone):
@@ -55,6 +58,9 @@ class NextDiT(Backbone):
         if cfg.context_dim is not None:
             self.cap_embedder = nn.Sequential(nn.LayerNorm(cfg.context_dim), nn.Linear(cfg.context_dim, cfg.adaln_dim))
         self.pad_token = nn.Parameter(torch.empty(cfg.dim))
+        # the official module order, so that a seeded initialisation draws the same weights as the released code
+        first = [n for n in ("x_embedder", "t_embedder", "cap_embedder") if n in self._modules]
+        self._modules = {n: self._modules[n] for n in first + [n for n in self._modules if n not in first]}
         self.initialize_weights()
 
     # one initialiser for every weight
@@ -175,7 +181,8 @@ class NextDiT(Backbone):
             return rope_nd(batch.positions, a.rope_axis_dims, cfg.rope_theta, scaling, t, a.scaled_axes,
                            a.rope_interleave)
         L = batch.mask.shape[1]
-        tables = [_rope_table(g, a.rope_axis_dims, cfg.rope_theta, scaling, t, a.scaled_axes, a.rope_interleave,
+        key = None if scaling is None else dataclasses.astuple(scaling)
+        tables = [_rope_table(g, a.rope_axis_dims, cfg.rope_theta, key, t, a.scaled_axes, a.rope_interleave,
                               batch.features.device) for g in batch.grids]
         # padded tokens take the RoPE of the sample's last position
         return torch.stack([torch.cat([f, f[-1:].expand(L - f.shape[0], -1)]) for f in tables])
