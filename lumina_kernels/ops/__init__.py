@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from .. import _ext, dispatch, reference  # noqa: F401  (lumina_kernels.ops.reference etc., as before the split)
 from ._common import _eps, _inference_only, _no_host_sync, _real, _same_device, _tensor  # noqa: F401
-from .norm import (_fused_rms_norm, _modulation, _norm_dim_fits_cuda,  # noqa: F401
+from .norm import (NORM_CUDA_MAX_VECTORS_PER_ROW, _fused_rms_norm, _modulation, _norm_dim_fits_cuda,  # noqa: F401
                    _norm_dispatch, _norm_inputs, gated_rms_norm_residual, modulated_rms_norm, rms_norm)
 from .rope import _rope_dispatch, _rope_freqs_complex64, _rope_inputs, apply_rope  # noqa: F401
 from .attention import (CUDA_HEAD_DIMS, CUDA_MAX_GRID_YZ, SDPA_MIN_FORWARD_WORK, SDPA_MIN_SCORES,  # noqa: F401

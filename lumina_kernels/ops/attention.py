@@ -34,10 +34,12 @@ def _attn_tables_fit_kernel(inputs: dict) -> str | None:
     return None
 
 
-# Head dims with a compiled CUDA kernel (csrc/gen_instances.py HEAD_DIMS); others run on torch SDPA.
-CUDA_HEAD_DIMS = (64, 72, 96, 128)
-# gridDim.y / gridDim.z limit: the flash kernels put heads on y and the batch on z (attention_cuda.cpp checks it too).
-CUDA_MAX_GRID_YZ = 65535
+# Head dims with a compiled CUDA kernel (kFlashHeadDims, csrc/limits.h, read from build_info); others run on
+# torch SDPA.
+CUDA_HEAD_DIMS: tuple[int, ...] = _ext.LIMITS["attention_cuda_head_dims"]
+# gridDim.y / gridDim.z limit: the flash kernels put heads on y and the batch on z (kMaxGridYZ, csrc/limits.h;
+# attention_cuda.cpp checks it too).
+CUDA_MAX_GRID_YZ: int = _ext.LIMITS["cuda_max_grid_yz"]
 
 
 def _attn_fits_cuda_kernel(inputs: dict) -> str | None:

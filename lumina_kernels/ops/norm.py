@@ -13,15 +13,22 @@ from ._common import _eps, _same_device, _tensor
 __all__ = ["rms_norm", "modulated_rms_norm", "gated_rms_norm_residual"]
 
 
+# The CUDA kernels' limits (csrc/limits.h, read from build_info): a row of at most this many vectors (16 bytes
+# each when the last dimension allows, else single elements), and the backward puts the batch on gridDim.y.
+NORM_CUDA_MAX_VECTORS_PER_ROW: int = _ext.LIMITS["norm_cuda_max_vectors_per_row"]
+CUDA_MAX_GRID_YZ: int = _ext.LIMITS["cuda_max_grid_yz"]
+
+
 def _norm_dim_fits_cuda(inputs: dict) -> str | None:
     x = inputs["x"]
     dim = x.shape[-1]
     vec = 16 // x.element_size()
-    limit = 4096 * vec if dim % vec == 0 else 4096
+    rows = NORM_CUDA_MAX_VECTORS_PER_ROW
+    limit = rows * vec if dim % vec == 0 else rows
     if dim > limit:
         return f"last dimension {dim} is over the CUDA kernel's limit {limit} for {x.dtype}"
-    if inputs.get("batch", 1) > 65535:
-        return f"batch {inputs['batch']} is over the CUDA backward's limit 65535"
+    if inputs.get("batch", 1) > CUDA_MAX_GRID_YZ:
+        return f"batch {inputs['batch']} is over the CUDA backward's limit {CUDA_MAX_GRID_YZ}"
     return None
 
 

@@ -13,7 +13,7 @@ __all__ = ["solver_update", "cfg_combine"]
 
 SOLVER_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)  # what the kernels read
 STATE_DTYPES = (torch.float32, torch.float64)  # the solver state
-MAX_SOLVER_TERMS = 7
+MAX_SOLVER_TERMS: int = _ext.LIMITS["solver_max_terms"]  # kMaxSolverTerms (csrc/limits.h), read from build_info
 
 
 def _solver_update_inputs(x, ks, coeffs=(), h=1.0):
