@@ -42,6 +42,7 @@ def _flash_head_dims() -> tuple[int, ...]:
 
 
 HEAD_DIMS = _flash_head_dims()
+
 # families whose launchers take the solver ops' element types (SolverType in csrc/solver/solver_params.h,
 # float64 included): (file stem, header, launcher, params type, [(file suffix, template arguments)])
 SOLVER_TYPES = {"f32": "kFloat32", "f64": "kFloat64", "bf16": "kBFloat16", "f16": "kFloat16"}

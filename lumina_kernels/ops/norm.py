@@ -23,8 +23,8 @@ def _norm_dim_fits_cuda(inputs: dict) -> str | None:
     x = inputs["x"]
     dim = x.shape[-1]
     vec = 16 // x.element_size()
-    rows = NORM_CUDA_MAX_VECTORS_PER_ROW
-    limit = rows * vec if dim % vec == 0 else rows
+    max_vecs = NORM_CUDA_MAX_VECTORS_PER_ROW
+    limit = max_vecs * vec if dim % vec == 0 else max_vecs
     if dim > limit:
         return f"last dimension {dim} is over the CUDA kernel's limit {limit} for {x.dtype}"
     if inputs.get("batch", 1) > CUDA_MAX_GRID_YZ:
