@@ -1,8 +1,11 @@
 // What was compiled into this build, and the Python module entry point of lumina_kernels._C.
 #include "build_info.h"
 
+#include "limits.h"
+
 #include <Python.h>
 
+#include <cstddef>
 #include <sstream>
 
 #ifndef LUMINA_CUDA_ARCH_LIST
@@ -29,6 +32,14 @@ std::string build_info() {
   s << "compiler=gcc " << __GNUC__ << "." << __GNUC_MINOR__ << "\n";
 #endif
   s << "cplusplus=" << __cplusplus << "\n";
+  // the limits Python shares with the kernels (csrc/limits.h), printed from the constants themselves
+  s << "attention_cuda_head_dims=";
+  for (std::size_t i = 0; i < sizeof(kFlashHeadDims) / sizeof(kFlashHeadDims[0]); ++i)
+    s << (i ? "," : "") << kFlashHeadDims[i];
+  s << "\n";
+  s << "cuda_max_grid_yz=" << kMaxGridYZ << "\n";
+  s << "norm_cuda_max_vectors_per_row=" << kNormMaxVectorsPerRow << "\n";
+  s << "solver_max_terms=" << kMaxSolverTerms << "\n";
   return s.str();
 }
 

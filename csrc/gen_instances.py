@@ -6,6 +6,7 @@ in parallel. Run `python csrc/gen_instances.py` after adding a kernel; tests che
 from __future__ import annotations
 
 import pathlib
+import re
 
 ROOT = pathlib.Path(__file__).resolve().parent
 DTYPES = {"f32": "kFloat32", "bf16": "kBFloat16", "f16": "kFloat16"}
@@ -29,7 +30,19 @@ HEAD_DIM_KERNELS = {
         ("attention_bwd", "flash/flash_launch.cuh", "launch_attention_bwd_cuda", "AttentionParams"),
     ],
 }
-HEAD_DIMS = (64, 72, 96, 128)  # keep in step with kFlashHeadDims in csrc/attention/flash/flash_cuda.h
+
+
+def _flash_head_dims() -> tuple[int, ...]:
+    """kFlashHeadDims of csrc/limits.h, the one list of compiled head dims (build_info prints it too)."""
+    text = (ROOT / "limits.h").read_text()
+    m = re.search(r"kFlashHeadDims\[\]\s*=\s*\{([^}]*)\}", text)
+    if m is None:
+        raise RuntimeError("csrc/limits.h defines no `kFlashHeadDims[] = {...}`")
+    return tuple(int(v) for v in m.group(1).split(",") if v.strip())
+
+
+HEAD_DIMS = _flash_head_dims()
+
 # families whose launchers take the solver ops' element types (SolverType in csrc/solver/solver_params.h,
 # float64 included): (file stem, header, launcher, params type, [(file suffix, template arguments)])
 SOLVER_TYPES = {"f32": "kFloat32", "f64": "kFloat64", "bf16": "kBFloat16", "f16": "kFloat16"}

@@ -29,6 +29,28 @@ BUILD_INFO: dict[str, str] = _parse_build_info()
 HAS_CPU_KERNELS: bool = BUILD_INFO.get("cpu") == "1"
 HAS_CUDA_KERNELS: bool = BUILD_INFO.get("cuda") == "1"
 
+# Limits of the compiled kernels that Python needs too, as build_info prints them from the C++ constants of
+# csrc/limits.h. These fallbacks, the same values, serve only when the library is not loaded (every op then runs
+# its reference, so they only shape `explain`'s messages); tests/test_build.py checks they equal the build's.
+LIMIT_FALLBACKS: dict[str, "int | tuple[int, ...]"] = {
+    "attention_cuda_head_dims": (64, 72, 96, 128),  # kFlashHeadDims: head dims with a flash-attention instance
+    "cuda_max_grid_yz": 65535,  # kMaxGridYZ: gridDim.y / gridDim.z (attention heads and batch, norm backward batch)
+    "norm_cuda_max_vectors_per_row": 4096,  # kNormMaxVectorsPerRow: the CUDA RMSNorm's widest row, in vectors
+    "solver_max_terms": 7,  # kMaxSolverTerms: most ks of one solver_update
+}
+
+
+def _limit(key: str) -> "int | tuple[int, ...]":
+    fallback = LIMIT_FALLBACKS[key]
+    if key not in BUILD_INFO:  # not loaded (or a library built before the limits were printed)
+        return fallback
+    if isinstance(fallback, tuple):
+        return tuple(int(v) for v in BUILD_INFO[key].split(",") if v.strip())
+    return int(BUILD_INFO[key])
+
+
+LIMITS: dict[str, "int | tuple[int, ...]"] = {key: _limit(key) for key in LIMIT_FALLBACKS}
+
 
 def _parse_archs(spec: str) -> list[tuple[int, int, bool, bool]]:
     """'8.0;9.0+PTX' -> [(8, 0, arch_specific, ptx), ...] (arch_specific: a '9.0a'-style target)."""

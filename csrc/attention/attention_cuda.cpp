@@ -6,6 +6,8 @@
 #include <torch/library.h>
 
 #include <cstdint>
+#include <string>
+#include <utility>
 
 #include "../cuda_host.h"
 #include "attention_host.h"
@@ -20,16 +22,20 @@ bool has_head_dim_kernel(int64_t d) {
   return false;
 }
 
-// gridDim.y and gridDim.z are at most 65535 on every architecture: the kernels put the query heads
-// (forward) or KV heads (backward) on y and the batch on z.
-constexpr int64_t kMaxGridYZ = 65535;
+// "64, 72, 96 and 128": kFlashHeadDims for the messages.
+std::string head_dims_text() {
+  constexpr int n = sizeof(kFlashHeadDims) / sizeof(kFlashHeadDims[0]);
+  std::string s;
+  for (int i = 0; i < n; ++i) s += (i == 0 ? "" : i + 1 == n ? " and " : ", ") + std::to_string(kFlashHeadDims[i]);
+  return s;
+}
 
 void check_cuda_support(const at::Tensor& q) {
   TORCH_CHECK(q.scalar_type() == at::kBFloat16 || q.scalar_type() == at::kHalf,
               "lumina: the CUDA attention kernel takes bfloat16 or float16 `q`, got ", q.scalar_type(),
               " (tensor cores; use torch SDPA for float32)");
   TORCH_CHECK(q.dim() == 4 && has_head_dim_kernel(q.size(3)),
-              "lumina: the CUDA attention kernel has head dims 64, 72, 96 and 128, `q` has ",
+              "lumina: the CUDA attention kernel has head dims ", head_dims_text(), ", `q` has ",
               q.dim() == 4 ? q.size(3) : -1);
   TORCH_CHECK(q.size(0) <= kMaxGridYZ, "lumina: the CUDA attention kernel takes a batch of at most ", kMaxGridYZ,
               " (gridDim.z), `q` has batch ", q.size(0), "; split the batch");
@@ -50,26 +56,32 @@ std::optional<at::Tensor> aligned(const std::optional<at::Tensor>& t) {
   return t.has_value() && t->numel() > 0 ? std::optional<at::Tensor>(aligned(*t)) : t;
 }
 
+// Calls the instance of launcher L for p.head_dim, one of kFlashHeadDims (csrc/limits.h).
+template <DType dt, template <DType, int> class L, size_t... I>
+cudaError_t for_head_dim(const AttentionParams& p, cudaStream_t s, std::index_sequence<I...>) {
+  cudaError_t err = cudaErrorInvalidValue;
+  (void)((p.head_dim == kFlashHeadDims[I] && ((err = L<dt, kFlashHeadDims[I]>::run(p, s)), true)) || ...);
+  return err;
+}
+constexpr auto kHeadDimIndices = std::make_index_sequence<sizeof(kFlashHeadDims) / sizeof(kFlashHeadDims[0])>();
+
+template <DType dt, int D>
+struct Fwd {
+  static cudaError_t run(const AttentionParams& p, cudaStream_t s) { return launch_attention_fwd_cuda<dt, D>(p, s); }
+};
+template <DType dt, int D>
+struct Bwd {
+  static cudaError_t run(const AttentionParams& p, cudaStream_t s) { return launch_attention_bwd_cuda<dt, D>(p, s); }
+};
+
 template <DType dt>
 cudaError_t fwd_for_dim(const AttentionParams& p, cudaStream_t s) {
-  switch (p.head_dim) {
-    case 64: return launch_attention_fwd_cuda<dt, 64>(p, s);
-    case 72: return launch_attention_fwd_cuda<dt, 72>(p, s);
-    case 96: return launch_attention_fwd_cuda<dt, 96>(p, s);
-    case 128: return launch_attention_fwd_cuda<dt, 128>(p, s);
-  }
-  return cudaErrorInvalidValue;
+  return for_head_dim<dt, Fwd>(p, s, kHeadDimIndices);
 }
 
 template <DType dt>
 cudaError_t bwd_for_dim(const AttentionParams& p, cudaStream_t s) {
-  switch (p.head_dim) {
-    case 64: return launch_attention_bwd_cuda<dt, 64>(p, s);
-    case 72: return launch_attention_bwd_cuda<dt, 72>(p, s);
-    case 96: return launch_attention_bwd_cuda<dt, 96>(p, s);
-    case 128: return launch_attention_bwd_cuda<dt, 128>(p, s);
-  }
-  return cudaErrorInvalidValue;
+  return for_head_dim<dt, Bwd>(p, s, kHeadDimIndices);
 }
 
 void launch_fwd(const AttentionParams& p, DType dtype) {

@@ -31,7 +31,8 @@ void launch_fwd(const RmsNormFwdParams& p, DType dtype) {
 }
 
 void launch_bwd(const RmsNormBwdParams& p, DType dtype) {
-  TORCH_CHECK(p.batch <= 65535, "lumina: the CUDA RMSNorm backward takes at most 65535 batches, got ", p.batch);
+  TORCH_CHECK(p.batch <= kMaxGridYZ, "lumina: the CUDA RMSNorm backward takes at most ", kMaxGridYZ, " batches, got ",
+              p.batch);
   check_launch(dispatch_cuda_dtype<Bwd>(dtype, p, c10::cuda::getCurrentCUDAStream().stream()),
                "fused_rms_norm_backward");
 }

@@ -215,7 +215,7 @@ cudaError_t launch_rms_norm_bwd_cuda(const RmsNormBwdParams& p, cudaStream_t str
   const bool aligned = aligned16(p.x) && aligned16(p.weight) && aligned16(p.scale) && aligned16(p.gate) &&
                        aligned16(p.grad_out) && aligned16(p.grad_x);
   if (!norm_impl::pick_shape<T>(p.dim, aligned, &s)) return cudaErrorInvalidValue;
-  if (p.batch > 65535) return cudaErrorInvalidValue;
+  if (p.batch > kMaxGridYZ) return cudaErrorInvalidValue;  // gridDim.y
   const dim3 grid(static_cast<unsigned>(p.chunks), static_cast<unsigned>(p.batch));
   return norm_impl::dispatch_shape<norm_impl::BwdLaunch, T>(p, s, grid, stream);
 }

@@ -17,13 +17,13 @@
 #pragma once
 #include <cstdint>
 
+#include "../limits.h"  // kMaxSolverTerms
+
 namespace lumina {
 
 // Element types of the solver ops: the kernel dtypes of common.h (same values) plus float64, which the
 // solver state of a float64 run has.
 enum class SolverType : int { kFloat32 = 0, kBFloat16 = 1, kFloat16 = 2, kFloat64 = 3 };
-
-constexpr int kMaxSolverTerms = 7;
 
 struct SolverUpdateParams {
   const void* x = nullptr;                   // [n] the state, float32 or float64
