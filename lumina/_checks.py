@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import operator
 
 
 def real(value, name: str) -> float:
@@ -14,4 +15,18 @@ def real(value, name: str) -> float:
         raise ValueError(f"`{name}` must be a real number, got {value!r}") from None
     if not math.isfinite(v):
         raise ValueError(f"`{name}` must be finite, got {v}")
+    return v
+
+
+def integer(value, name: str, minimum: int | None = None) -> int:
+    """`value` as an int (anything with __index__; bools and floats are refused), at least `minimum` if given."""
+    want = "an integer" if minimum is None else f"an integer >= {minimum}"
+    if isinstance(value, bool):
+        raise ValueError(f"`{name}` must be {want}, got {value!r}")
+    try:
+        v = operator.index(value)
+    except TypeError:
+        raise ValueError(f"`{name}` must be {want}, got {value!r}") from None
+    if minimum is not None and v < minimum:
+        raise ValueError(f"`{name}` must be {want}, got {v}")
     return v

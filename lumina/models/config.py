@@ -3,12 +3,13 @@
 One config describes every modality: the backbone shape (dim, layers, heads, FFN), the conditioning (context_dim:
 the feature size of the context tokens the blocks cross-attend to, None for no cross-attention), the RoPE split
 of the head dim over the position axes (rope_axis_dims) and the modality adapter (a name in the registry of
-:mod:`lumina.models.registry`, filled by :mod:`lumina.modalities`).
+:mod:`lumina.models.modality`, filled by :mod:`lumina.modalities`).
 """
 from __future__ import annotations
 
-import operator
 from dataclasses import asdict, dataclass, field, fields, replace
+
+from .._checks import integer
 
 __all__ = ["NextDiTConfig", "PRESETS", "config_from_preset", "LEGACY_FIELDS"]
 
@@ -17,15 +18,7 @@ LEGACY_FIELDS = {"cap_feat_dim": "context_dim"}
 
 
 def _positive_int(value, name: str) -> int:
-    if isinstance(value, bool):
-        raise ValueError(f"`{name}` must be a positive integer, got {value!r}")
-    try:
-        v = operator.index(value)
-    except TypeError:
-        raise ValueError(f"`{name}` must be a positive integer, got {value!r}") from None
-    if v < 1:
-        raise ValueError(f"`{name}` must be a positive integer, got {v}")
-    return v
+    return integer(value, name, minimum=1)
 
 
 @dataclass(frozen=True)

@@ -43,12 +43,12 @@ from __future__ import annotations
 
 import functools
 import math
-import operator
 from dataclasses import dataclass
 from typing import Sequence
 
 import torch
 
+from .._checks import integer
 from .._checks import real as _real
 
 __all__ = [
@@ -76,15 +76,7 @@ _CACHE_SIZE = 16
 # argument checks
 # ----------------------------------------------------------------------------------------------
 def _int(value, name: str, minimum: int = 0) -> int:
-    if isinstance(value, bool):
-        raise ValueError(f"`{name}` must be an integer, got {value!r}")
-    try:
-        v = operator.index(value)
-    except TypeError:
-        raise ValueError(f"`{name}` must be an integer, got {value!r}") from None
-    if v < minimum:
-        raise ValueError(f"`{name}` must be >= {minimum}, got {v}")
-    return v
+    return integer(value, name, minimum)
 
 
 def _even(value, name: str) -> int:

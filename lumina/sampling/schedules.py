@@ -19,11 +19,11 @@ opposite. The shift keeps 0 and 1 exactly and is strictly increasing, so the shi
 from __future__ import annotations
 
 import math
-import operator
 from typing import Callable, Dict
 
 import torch
 
+from .._checks import integer
 from .._checks import real as _real
 
 __all__ = ["SCHEDULES", "time_grid", "uniform", "sigmoid", "shift_time", "SIGMOID_DEFAULTS"]
@@ -35,15 +35,7 @@ SIGMOID_DEFAULTS = {"mu": 0.6, "alpha": 6.0, "beta": 20.0}
 # argument checks
 # ----------------------------------------------------------------------------------------------
 def _steps(steps) -> int:
-    if isinstance(steps, bool):
-        raise ValueError(f"`steps` must be an integer >= 1, got {steps!r}")
-    try:
-        n = operator.index(steps)
-    except TypeError:
-        raise ValueError(f"`steps` must be an integer >= 1, got {steps!r}") from None
-    if n < 1:
-        raise ValueError(f"`steps` must be an integer >= 1, got {n}")
-    return n
+    return integer(steps, "steps", minimum=1)
 
 
 # ----------------------------------------------------------------------------------------------
