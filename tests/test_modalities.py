@@ -313,3 +313,6 @@ def test_module_order_is_official_so_seeded_init_matches_the_released_code():
 
     model = NextDiT(config_from_preset("NextDiT_tiny"))
     assert list(dict(model.named_children())) == ["x_embedder", "t_embedder", "cap_embedder", "layers", "final_layer"]
+    assert [n for n, _ in model.layers[0].attention.named_parameters()] == [
+        "gate", "wq.weight", "wk.weight", "wv.weight", "wk_y.weight", "wv_y.weight", "wo.weight", "q_norm.weight",
+        "q_norm.bias", "k_norm.weight", "k_norm.bias", "ky_norm.weight", "ky_norm.bias"]

@@ -82,9 +82,10 @@ class Attention(nn.Module):
             self.wk_y = nn.Linear(cfg.context_dim, kvd, bias=False)
             self.wv_y = nn.Linear(cfg.context_dim, kvd, bias=False)
             self.gate = nn.Parameter(torch.zeros(cfg.n_heads))
-            self.ky_norm = norm(kvd)
         self.wo = nn.Linear(d, d, bias=False)
         self.q_norm, self.k_norm = norm(d), norm(kvd)
+        if self.cross:  # registered in the official order: seeded initialisations draw the released code's weights
+            self.ky_norm = norm(kvd)
 
     def forward(self, x: Tensor, x_mask: Tensor, freqs_cis: Tensor | None, y: Tensor | None, y_mask: Tensor | None,
                 softmax_scale: float | None, merge=None) -> Tensor:
