@@ -28,8 +28,7 @@ from ..models.lora import merge_lora
 from ..models.nextdit import NextDiT
 from ..models.rope import METHODS as ROPE_METHODS
 from ..models.rope import RopeScaling
-from ..sampling import SCHEDULES, SOLVERS, ContextDrop, GraphedVelocity, cfg_combine, sample
-from ..sampling.guidance import _check as _check_cfg
+from ..sampling import SCHEDULES, SOLVERS, ContextDrop, GraphedVelocity, Guidance, sample
 from ..conditioning import TextEncoder
 from .encoders import LatentCodec, PixelCodec, VAECodec, to_pil
 
@@ -280,9 +279,10 @@ class LuminaPipeline:
           time shift), ``schedule_params`` (e.g. ``{"mu": 0.6, "alpha": 6, "beta": 20}`` for sigmoid): see
           :func:`lumina.sampling.sample`. Defaults come from the pipeline config (official demo:
           midpoint, 30 steps, shift 4).
-        * ``cfg``: guidance scale against ``negative_prompt`` (1 = no guidance, one model call per evaluation);
-          ``cfg_channels=3`` reproduces the official quirk of guiding only latent channels 0-2; ``cfg_renorm`` and
-          ``cfg_truncation`` as Lumina-Image-2.0 (see :func:`lumina.sampling.cfg_velocity`).
+        * ``cfg``: guidance scale against ``negative_prompt``; ``cfg_channels=3`` reproduces the official quirk of
+          guiding only latent channels 0-2; ``cfg_renorm`` and ``cfg_truncation`` as Lumina-Image-2.0. One
+          implementation with :func:`lumina.sampling.cfg_velocity` (:class:`lumina.sampling.Guidance`): a step with
+          ``cfg = 1`` or ``t >= cfg_truncation`` is the conditional velocity alone (one model call of B samples).
         * ``context_drop``: merge the keys/values of image self-attention at the noisy steps (Lumina-Next's
           context drop): an int factor, a spec string ``"factor=2,until=0.6,layers=2:-2,method=pool"``, a dict or a
           :class:`lumina.sampling.ContextDrop`; ``0`` / ``"off"`` turns off a pipeline default; default: the
@@ -342,9 +342,8 @@ class LuminaPipeline:
         prompts = [p for p in prompts for _ in range(num_images_per_prompt)]
         negatives = [n for n in negatives for _ in range(num_images_per_prompt)]
         B = len(prompts)
-        cfg, cfg_channels, cfg_renorm, cfg_truncation = _check_cfg(cfg, cfg_channels, cfg_renorm, cfg_truncation)
-        guided = cfg != 1.0
-        feats, mask = self.encode_prompts(prompts, negatives if guided else None)
+        guidance = Guidance(cfg, cfg_channels, cfg_renorm, cfg_truncation)
+        feats, mask = self.encode_prompts(prompts, negatives if guidance.guided else None)
 
         tcfg = self.transformer.config
         train_px = self.default_size
@@ -363,16 +362,16 @@ class LuminaPipeline:
             factors = context_drop.factors(t_value, n_layers) if context_drop is not None else None
             kw = dict(base_seq_len=base_seq_len, rope_scaling=scaling, context_drop=factors,
                       context_drop_method=cd_method, t_value=t_value)
-            x = x.to(self.dtype)
-            if not guided or _truncated(t_value, cfg_truncation, t.dtype):
-                return transformer(x, t, feats[:B], mask[:B], **kw)
-            out = transformer(torch.cat([x, x]), torch.cat([t, t]), feats, mask, **kw)  # (2B, ...) [cond, uncond]
-            return cfg_combine(out[:B], out[B:], cfg, channels=cfg_channels, renorm=cfg_renorm)
 
-        def key(t_value):  # every host-side decision the evaluation makes from the time
+            def model(xx, tt):  # 2B rows: [prompts, negatives]; B rows: the prompts alone
+                return transformer(xx, tt, feats[:xx.shape[0]], mask[:xx.shape[0]], **kw)
+
+            return guidance.velocity(model, x.to(self.dtype), t, t_value, cond_fn=model)
+
+        def key(t_value):  # every host-side decision the evaluation makes from the time (the pipeline's t: float32)
             return (rope_timed and t_value < scaling.scale_watershed,
                     context_drop.factors(t_value, n_layers) if context_drop is not None else None,
-                    _truncated(t_value, cfg_truncation, torch.float32) if guided else None)
+                    guidance.applies(t_value, torch.float32))
 
         refused = _graphs_refused(cuda_graphs, self.device, scaling)
         run = dict(context_drop=None if context_drop is None else context_drop.spec(), cuda_graphs=refused, nfe=0)
@@ -381,19 +380,12 @@ class LuminaPipeline:
             # Captions are padded (masked) to a multiple of CAPTION_BUCKET tokens so prompts of similar length share
             # graphs; masked keys add exact zeros to the attention, so the result is unchanged.
             feats, mask = _pad_captions(feats, mask, self.CAPTION_BUCKET)
-            signature = (B, tuple(feats.shape), feats.dtype, height, width, guided, cfg, cfg_channels, cfg_renorm,
-                         cfg_truncation, scaling, base_seq_len, context_drop, compile, cuda_graphs, str(self.device))
-            velocity = self._graph_cache.pop(signature, None)
-            if velocity is None:
-                velocity = GraphedVelocity(evaluate, key, emulate=cuda_graphs == "emulate")
-            self._graph_cache[signature] = velocity  # most recent last
-            while len(self._graph_cache) > self.GRAPH_CACHE_SIZE:
-                self._graph_cache.pop(next(iter(self._graph_cache)))
-            velocity.fn = evaluate
-            velocity.set_inputs(feats, mask)
+            signature = (B, tuple(feats.shape), feats.dtype, height, width, guidance, scaling, base_seq_len,
+                         context_drop, compile, cuda_graphs, str(self.device))
+            velocity = self._graphed(signature, evaluate, key, cuda_graphs == "emulate", feats, mask)
             before = (velocity.captures, velocity.replays)
         else:
-            needs_t = rope_timed or context_drop is not None or (guided and cfg_truncation is not None)
+            needs_t = rope_timed or context_drop is not None or guidance.needs_time
 
             def velocity(x, t):
                 return evaluate(x, t, float(t.reshape(-1)[0]) if needs_t else None, feats, mask)
@@ -418,6 +410,19 @@ class LuminaPipeline:
         images = self.codec.decode(latents.float())
         return images if output_type == "pt" else to_pil(images)
 
+    def _graphed(self, signature: tuple, evaluate, key, emulate: bool, *inputs: torch.Tensor) -> GraphedVelocity:
+        """The kept GraphedVelocity of this call signature (new if none; the least recently used one dropped),
+        re-bound to this call's evaluation and inputs."""
+        velocity = self._graph_cache.pop(signature, None)
+        if velocity is None:
+            velocity = GraphedVelocity(evaluate, key, emulate=emulate)
+        self._graph_cache[signature] = velocity  # most recent last
+        while len(self._graph_cache) > self.GRAPH_CACHE_SIZE:
+            self._graph_cache.pop(next(iter(self._graph_cache)))
+        velocity.fn = evaluate
+        velocity.set_inputs(*inputs)
+        return velocity
+
 
 def _pad_captions(feats: torch.Tensor, mask: torch.Tensor, bucket: int):
     """Pad (B, L, D) caption features with zeros and their (B, L) mask with False up to a multiple of `bucket`."""
@@ -428,14 +433,6 @@ def _pad_captions(feats: torch.Tensor, mask: torch.Tensor, bucket: int):
     feats = torch.nn.functional.pad(feats, (0, 0, 0, pad))
     mask = torch.nn.functional.pad(mask, (0, pad), value=False)
     return feats, mask
-
-
-def _truncated(t_value: float | None, tau: float | None, dtype: torch.dtype) -> bool:
-    """CFG truncation's test ``t >= tau`` in t's dtype (as cfg_velocity and the official code: tau = 0.7 switches at
-    the float32 grid point 0.7)."""
-    if tau is None:
-        return False
-    return bool(torch.tensor(t_value, dtype=dtype) >= torch.tensor(tau, dtype=dtype))
 
 
 def _graphs_refused(cuda_graphs, device: torch.device, scaling: RopeScaling) -> str | None:

@@ -9,7 +9,7 @@ and ``t``, a 1-D float tensor of shape ``(batch,)`` holding the same time for ev
 * :mod:`.schedules`: ``time_grid(steps, schedule, shift, **params)``, ``SCHEDULES`` (uniform, sigmoid),
   rational time shift.
 * :mod:`.solvers`: ``SOLVERS`` (euler, midpoint, rk4, dopri5).
-* :mod:`.guidance`: ``cfg_velocity`` (CFG, the 3-channel quirk, renormalised CFG, CFG truncation).
+* :mod:`.guidance`: ``Guidance`` and ``cfg_velocity`` (CFG, the 3-channel quirk, renormalised CFG, CFG truncation).
 * :mod:`.context_drop`: ``ContextDrop``, the schedule (times, layers) of key/value merging.
 * :mod:`.graphs`: ``GraphedVelocity``, CUDA-graph capture and replay of one evaluation.
 
@@ -24,11 +24,11 @@ import torch
 
 from .context_drop import ContextDrop
 from .graphs import GraphedVelocity
-from .guidance import cfg_combine, cfg_velocity
+from .guidance import Guidance, cfg_combine, cfg_velocity
 from .schedules import SCHEDULES, shift_time, time_grid
 from .solvers import SOLVERS, SolverError
 
-__all__ = ["sample", "time_grid", "SCHEDULES", "SOLVERS", "cfg_velocity", "cfg_combine", "shift_time",
+__all__ = ["sample", "time_grid", "SCHEDULES", "SOLVERS", "Guidance", "cfg_velocity", "cfg_combine", "shift_time",
            "SolverError", "ContextDrop", "GraphedVelocity"]
 
 
