@@ -98,8 +98,11 @@ class Trainer:
         torch.manual_seed(t.seed)
         if m.init_from is not None:
             self.model = NextDiT.from_pretrained(resolve_path(m.init_from), dtype=torch.float32, device="cpu")
+            if self.model.config.modality != m.modality:
+                raise ConfigError(f"`model.modality` is {m.modality!r}, the model in `model.init_from` is "
+                                  f"{self.model.config.modality!r}")
         else:
-            overrides = dict(m.overrides)
+            overrides = dict(m.overrides, modality=m.modality)
             overrides.setdefault("context_dim", self.text_encoder.dim)
             overrides.setdefault("in_channels", self.codec.latent_channels)
             overrides.setdefault("sample_size", cfg.data.resolution // self.codec.downscale)
