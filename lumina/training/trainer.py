@@ -12,7 +12,7 @@ Checkpoints (``out_dir/checkpoints/step_NNNNNNN/``) are written to a temporary d
 ``latest`` pointer is replaced atomically: a killed run never leaves a half-written checkpoint as the latest. They
 hold the model in the official format (``model_args.pth``, ``consolidated.00-of-01.safetensors`` and the EMA
 weights ``consolidated_ema.00-of-01.safetensors``, which ``NextDiT.from_pretrained`` reads), or only the LoRA
-adapter, plus ``trainer_state.pt`` (optimizer, scheduler, sampler position, every RNG state) for an exact resume:
+adapter, plus ``trainer_state.pt`` (optimizer, scheduler, data loader position, every RNG state) for an exact resume:
 on CPU with a fixed seed, a resumed run reproduces the uninterrupted loss curve bit for bit.
 """
 from __future__ import annotations
@@ -38,6 +38,7 @@ from ..conditioning import TextEncoder
 from ..pipelines.encoders import PixelCodec, VAECodec
 from . import lora as lora_io
 from .config import Config, ConfigError
+from .data import epochs, load_loader_state, loader_state
 
 STATE_FILE = "trainer_state.pt"
 LATEST = "latest"
@@ -98,8 +99,11 @@ class Trainer:
         torch.manual_seed(t.seed)
         if m.init_from is not None:
             self.model = NextDiT.from_pretrained(resolve_path(m.init_from), dtype=torch.float32, device="cpu")
+            if self.model.config.modality != m.modality:
+                raise ConfigError(f"`model.modality` is {m.modality!r}, the model in `model.init_from` is "
+                                  f"{self.model.config.modality!r}")
         else:
-            overrides = dict(m.overrides)
+            overrides = dict(m.overrides, modality=m.modality)
             overrides.setdefault("context_dim", self.text_encoder.dim)
             overrides.setdefault("in_channels", self.codec.latent_channels)
             overrides.setdefault("sample_size", cfg.data.resolution // self.codec.downscale)
@@ -130,7 +134,7 @@ class Trainer:
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda s: min(1.0, (s + 1) / warm) if warm else 1.0)
 
         # data
-        from .data import ImageCaptionDataset, StatefulSampler, collate
+        from .data import ImageCaptionDataset, make_loader
 
         source = self._data_source()
         self.dataset = ImageCaptionDataset(source, resolution=cfg.data.resolution,
@@ -140,9 +144,8 @@ class Trainer:
                                            seed=t.seed)
         if len(self.dataset) == 0:
             raise ConfigError(f"`data`: no training images found in {source}")
-        self.sampler = StatefulSampler(len(self.dataset), seed=t.seed, rank=self.rank, world_size=self.world)
-        self.loader_kwargs = dict(batch_size=t.batch_size, sampler=self.sampler, collate_fn=collate,
-                                  num_workers=cfg.data.num_workers, drop_last=False)
+        self.loader = make_loader(self.dataset, t.batch_size, seed=t.seed, rank=self.rank, world_size=self.world,
+                                  num_workers=cfg.data.num_workers)
         self.cache = None
         if cfg.data.cache_dir:  # text features; and VAE latents (their mode) when the codec is a VAE
             from .data import FeatureCache
@@ -317,7 +320,7 @@ class Trainer:
         else:
             save_state(self.model.config, model_state, tmp, format="official", ema_state=ema_state)
         torch.save({"step": self.step, "optimizer": opt_state, "scheduler": self.sched.state_dict(),
-                    "sampler": self.sampler.state_dict(), "rng": rng, "world_size": self.world,
+                    "data": loader_state(self.loader), "rng": rng, "world_size": self.world,
                     "config": self.cfg.to_dict()}, tmp / STATE_FILE)
         _fsync_dir(tmp)
         shutil.rmtree(final, ignore_errors=True)
@@ -373,7 +376,11 @@ class Trainer:
         else:
             self.opt.load_state_dict(state["optimizer"])
         self.sched.load_state_dict(state["scheduler"])
-        self.sampler.load_state_dict(state["sampler"])
+        if "data" in state:
+            load_loader_state(self.loader, state["data"])
+        else:  # a checkpoint of the earlier lumina sampler: the same order, `position` samples of the epoch taken
+            self.loader.sampler.set_epoch(state["sampler"]["epoch"])
+            self.loader.sampler.load_state_dict({"yielded": state["sampler"]["position"]})
         rng = state["rng"]
         mine = rng["per_rank"][self.rank] if "per_rank" in rng else rng
         self.gen.set_state(mine["gen"])
@@ -396,13 +403,7 @@ class Trainer:
 
     # -- the loop ------------------------------------------------------------------------------
     def _batches(self):
-        while True:
-            loader = torch.utils.data.DataLoader(self.dataset, **self.loader_kwargs)
-            for batch in loader:
-                self.sampler.advance(self.cfg.train.batch_size)
-                if batch is not None:
-                    yield batch
-            self.sampler.set_epoch(self.sampler.epoch + 1)
+        return (batch for batch in epochs(self.loader) if batch is not None)  # None: every image unreadable
 
     def train(self) -> dict:
         t = self.cfg.train
