@@ -281,6 +281,11 @@ def table(results: list[dict], rate: float, header: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _unique(arg: str) -> list[str]:
+    """A comma-separated option's items, each once, in order (`--configs mid,mid` runs, and lists, mid once)."""
+    return list(dict.fromkeys(x.strip() for x in arg.split(",") if x.strip()))
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
@@ -297,14 +302,14 @@ def main(argv=None) -> int:
     if a.one:
         print("E2E_RESULT " + json.dumps(run_case(Case(**json.loads(a.one)))), flush=True)
         return 0
-    configs = (a.configs.split(",") if a.configs else (["2B"] if a.device == "cuda" else ["tiny", "mid"]))
+    configs = _unique(a.configs) if a.configs else (["2B"] if a.device == "cuda" else ["tiny", "mid"])
     for c in configs:
         if c not in CONFIGS:
             p.error(f"--configs: unknown config {c!r}; expected some of {sorted(CONFIGS)}")
     runs = a.runs or (2 if a.device == "cuda" else 3)
-    cases = _cases(a.device, configs, runs, a.modes.split(",") if a.modes else None)
+    cases = _cases(a.device, configs, runs, _unique(a.modes) if a.modes else None)
     if a.sizes:
-        keep = {int(s) for s in a.sizes.split(",")}
+        keep = {int(s) for s in _unique(a.sizes)}
         cases = [c for c in cases if c.size in keep]
     if a.no_diffusers:
         cases = [c for c in cases if c.impl == "lumina"]

@@ -33,3 +33,10 @@ def test_case_filters():
     assert sum(c.impl == "diffusers" for c in cases) == 2
     with pytest.raises(SystemExit):
         e2e.main(["--configs", "huge"])
+
+
+def test_repeated_options_list_each_case_once():
+    """`--configs tiny,tiny` / `--modes eager,eager` run (and list in the table) each case once."""
+    assert e2e._unique("tiny, tiny,mid,tiny") == ["tiny", "mid"]
+    cases = e2e._cases("cpu", e2e._unique("tiny,tiny"), 1, e2e._unique("eager,eager"))
+    assert [c.name for c in cases] == ["tiny 64px lumina eager", "tiny 64px diffusers"]

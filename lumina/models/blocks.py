@@ -18,6 +18,7 @@ from torch import Tensor, nn
 import lumina_kernels as lk
 
 from .config import NextDiTConfig
+from .fused import fused_linear
 
 __all__ = ["RMSNorm", "TimestepEmbedder", "Attention", "FeedForward", "TransformerBlock", "FinalLayer",
            "modulated_norm", "gated_norm_residual"]
@@ -91,9 +92,10 @@ class Attention(nn.Module):
                 softmax_scale: float | None, merge=None) -> Tensor:
         B, L, _ = x.shape
         H, KV, hd = self.n_heads, self.n_kv, self.head_dim
-        q = self.q_norm(self.wq(x)).view(B, L, H, hd)  # (B, L, dim) -> (B, L, H, hd)
-        k = self.k_norm(self.wk(x)).view(B, L, KV, hd)  # (B, L, KV * hd) -> (B, L, KV, hd)
-        v = self.wv(x).view(B, L, KV, hd)
+        q, k, v = fused_linear(self, "qkv", x, (self.wq, self.wk, self.wv))  # one GEMM (see fused.py)
+        q = self.q_norm(q).view(B, L, H, hd)  # (B, L, dim) -> (B, L, H, hd)
+        k = self.k_norm(k).view(B, L, KV, hd)  # (B, L, KV * hd) -> (B, L, KV, hd)
+        v = v.view(B, L, KV, hd)
         if merge is None:
             # self-attention: RoPE on q and k inside the op, GQA without K/V copies, padded tokens masked
             out = lk.attention(q, k, v, q_freqs=freqs_cis, k_freqs=freqs_cis, key_padding_mask=x_mask,
@@ -102,8 +104,9 @@ class Attention(nn.Module):
             out = merge.attend(q, k, v, freqs_cis, x_mask, softmax_scale)  # context drop: merged keys/values
         if self.cross and y is not None:
             Ly = y.shape[1]
-            yk = self.ky_norm(self.wk_y(y)).view(B, Ly, KV, hd)  # (B, Ly, KV * hd) -> (B, Ly, KV, hd)
-            yv = self.wv_y(y).view(B, Ly, KV, hd)
+            yk, yv = fused_linear(self, "kv_y", y, (self.wk_y, self.wv_y))  # one GEMM
+            yk = self.ky_norm(yk).view(B, Ly, KV, hd)  # (B, Ly, KV * hd) -> (B, Ly, KV, hd)
+            yv = yv.view(B, Ly, KV, hd)
             # cross-attention to the context: the same RoPE'd queries, no RoPE on its keys, default scale
             out_y = lk.attention(q, yk, yv, q_freqs=freqs_cis, key_padding_mask=y_mask)  # (B, L, H, hd)
             out = out + out_y * self.gate.tanh().view(1, 1, H, 1).to(out_y.dtype)
@@ -111,7 +114,7 @@ class Attention(nn.Module):
 
 
 class FeedForward(nn.Module):
-    """SwiGLU: w2(silu(w1 x) * w3 x)."""
+    """SwiGLU: w2(silu(w1 x) * w3 x); w1 and w3 as one GEMM (see fused.py)."""
 
     def __init__(self, dim: int, hidden: int):
         super().__init__()
@@ -120,7 +123,12 @@ class FeedForward(nn.Module):
         self.w3 = nn.Linear(dim, hidden, bias=False)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+        h1, h3 = fused_linear(self, "w13", x, (self.w1, self.w3))
+        if not torch.is_grad_enabled() and h1._base is not None and h1._base is h3._base:
+            # inference, halves of one fresh GEMM output: silu and the product in place (no new (B, L, hidden)
+            # buffers; w2 reads the strided half as it is)
+            return self.w2(F.silu(h1, inplace=True).mul_(h3))
+        return self.w2(F.silu(h1) * h3)
 
 
 class TransformerBlock(nn.Module):
