@@ -13,8 +13,10 @@ checkpoints, LoRA merging, the optimizer, EMA, DDP/FSDP, ``named_parameters``. T
   give new storage and rebuild the cache at the next call. Not seen: writes through ``p.data`` (``.data`` has its
   own version counter) -- call :func:`clear_fused_cache` after those.
 
-Falls back to the separate layers (the unfused path, bitwise today's) when the layers are not plain ``nn.Linear``
-without bias (peft's LoRA layers), under ``torch.compile`` tracing, for inference tensors, or when turned off:
+CPU only: on a GPU the separate GEMMs are already large and the cache would cost memory (about 2.3 GB for the 2B
+model in bf16), so CUDA tensors take the separate layers. Falls back to the separate layers (the unfused path,
+bitwise today's) when the layers are not plain ``nn.Linear`` without bias (peft's LoRA layers), under
+``torch.compile`` tracing, for inference tensors, or when turned off:
 ``LUMINA_FUSED_GEMM=0`` in the environment, or ``lumina.models.fused.FUSED_GEMM = False`` at run time. Under
 torch.distributed (FSDP reshards and refills weights in place) the inference path concatenates per call instead of
 caching. Cost: the cache is one extra copy of the fused weights (about 2/3 of a Next-DiT's parameters).
@@ -77,7 +79,8 @@ def fused_linear(owner: nn.Module, key: str, x: Tensor, layers) -> list[Tensor]:
     """[layer(x) for layer in layers], as one GEMM against their concatenated weight when possible.
 
     The outputs are views (slices of the last dim) of one (..., sum of out_features) tensor."""
-    if not _fusable(layers) or torch.compiler.is_compiling() or any(m.weight.is_inference() for m in layers):
+    if (not _fusable(layers) or x.device.type != "cpu" or torch.compiler.is_compiling()
+            or any(m.weight.is_inference() for m in layers)):
         return [m(x) for m in layers]
     weights = [m.weight for m in layers]
     return list(F.linear(x, _weight(owner, key, weights)).split([w.shape[0] for w in weights], dim=-1))
