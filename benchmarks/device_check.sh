@@ -242,7 +242,8 @@ if in_plan tests; then
         "$PY" -m benchmarks.device_tests --out "$OUT" --dry-run --gpu "$GPU_FLAG" >>"$WORK/tests.plan" 2>&1
         : >"$OUT/tests.json"
     fi
-    run_step tests "$PY" -m benchmarks.device_tests --out "$OUT" --log "$WORK/tests-output.log" --gpu "$GPU_FLAG" \
+    # every process's pytest output goes into the step's own log (and so into device_check.log)
+    run_step tests "$PY" -m benchmarks.device_tests --out "$OUT" --log "$WORK/tests.log" --gpu "$GPU_FLAG" \
         --jobs 4 --deadline $(($(budget tests) - 5)) --group-timeout 100 --test-timeout 60
 fi
 

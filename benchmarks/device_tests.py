@@ -90,7 +90,9 @@ class GroupResult:
             return "CRASHED"
         if self.failed or self.skipped_bad:
             return "FAILED"
-        return "NOT RUN" if self.passed == 0 and not self.collected else "INCOMPLETE"
+        if self.not_run:
+            return "INCOMPLETE"
+        return "ALL SKIPPED" if self.skipped_ok else "NOT RUN"
 
 
 def read_events(path: Path) -> list[dict]:
@@ -230,10 +232,12 @@ class Runner:
 
 
 def table(data: dict) -> str:
-    lines = ["| group | status | passed | failed | bad skips | crashed | not run | s |", "|---|---|---|---|---|---|---|---|"]
+    lines = ["| group | status | passed | failed | allowed skips | bad skips | crashed | not run | s |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for g in data["groups"]:
         lines.append(f"| {g['name']} | {g['status']} | {g.get('passed', 0)} | {g.get('failed', 0)} | "
-                     f"{g.get('skipped_bad', 0)} | {len(g.get('crashed', []))} | {g.get('not_run', 0)} | {g.get('seconds', 0)} |")
+                     f"{g.get('skipped_ok', 0)} | {g.get('skipped_bad', 0)} | {len(g.get('crashed', []))} | "
+                     f"{g.get('not_run', 0)} | {g.get('seconds', 0)} |")
     for g in data["groups"]:
         for test, reason in g.get("failures", [])[:5] + g.get("bad_skips", [])[:5]:
             first = (reason or "").strip().splitlines()[-1:] or [""]

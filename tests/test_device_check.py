@@ -160,7 +160,9 @@ def test_runner_writes_json_and_table(tmp_path):
     data = runner.write_json([dt.GROUPS[0], dt.GROUPS[1]])
     assert json.loads((tmp_path / "tests.json").read_text()) == data
     assert [g["status"] for g in data["groups"]] == ["OK", "NOT STARTED"] and data["ok"] is False
-    assert "| norm | OK | 3 | 0 | 0 | 0 | 0 |" in dt.table(data)
+    assert "| norm | OK | 3 | 0 | 0 | 0 | 0 | 0 |" in dt.table(data)
+    assert dt.GroupResult("g", collected=2, skipped_ok=2).status() == "ALL SKIPPED"
+    assert dt.GroupResult("g", collected=3, passed=1, not_run=2).status() == "INCOMPLETE"
 
 
 def test_groups_cover_every_cuda_test_family_once():
