@@ -87,9 +87,11 @@ _ARCH_REFUSALS: dict[int, "str | None"] = {}
 
 def arch_refusal(device: "torch.device | int | None" = None) -> "str | None":
     """None when this build's CUDA kernels run on `device`'s GPU, else the reason and what to rebuild with."""
-    index = torch.cuda.current_device() if device is None else torch.device("cuda", device).index
-    if isinstance(device, torch.device) and device.index is None:
-        index = torch.cuda.current_device()
+    if isinstance(device, int):
+        index = device
+    else:  # None, "cuda", "cuda:1" or a torch.device (the dispatcher passes a tensor's .device)
+        index = None if device is None else torch.device(device).index
+        index = torch.cuda.current_device() if index is None else index
     if index not in _ARCH_REFUSALS:
         spec = BUILD_INFO.get("cuda_archs", "")
         major, minor = torch.cuda.get_device_capability(index)

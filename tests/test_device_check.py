@@ -192,6 +192,9 @@ def test_a_gpu_without_compiled_code_is_refused_naming_the_variable(monkeypatch)
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
     reason = _ext.arch_refusal(0)
     assert "RTX 3090 (8.6)" in reason and "LUMINA_CUDA_ARCHS=8.6" in reason
+    # the dispatcher passes a tensor's device: an index, or none (the current device)
+    for device in (torch.device("cuda", 0), torch.device("cuda"), "cuda:0", None):
+        assert _ext.arch_refusal(device) == reason
     monkeypatch.setattr(_ext, "_ARCH_REFUSALS", {})
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda i=None: (9, 0))
     assert _ext.arch_refusal(0) is None
