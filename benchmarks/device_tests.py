@@ -250,10 +250,8 @@ def table(data: dict) -> str:
 def extension_problem(python: str, gpu: bool) -> str | None:
     """None when lumina_kernels._C loaded with CUDA kernels (that run on the visible GPU), else what is wrong.
     Asked in a child process: a broken extension must not take this runner down."""
-    code = ("import sys, torch; from lumina_kernels import info\n"
-            "p = info.cuda_problem()\n"
-            "if p == 'torch sees no CUDA GPU' and sys.argv[1] == '0': p = None\n"
-            "print(p or 'ok')")
+    code = ("import sys; from lumina_kernels import info\n"
+            "print(info.cuda_problem(require_gpu=sys.argv[1] == '1') or 'ok')")
     out = subprocess.run([python, "-c", code, "1" if gpu else "0"], cwd=ROOT, capture_output=True, text=True,
                          timeout=180)
     text = (out.stdout.strip().splitlines() or [""])[-1]

@@ -134,12 +134,9 @@ def compiled_backend(device_type: str, *extra: Check) -> Check:
 
     def check(inputs: dict[str, Any]) -> str | None:
         x = inputs["x"]
-        for reason in (needs_extension(device_type), on_device(x, device_type), kernel_dtype(x)):
+        for reason in (needs_extension(device_type), on_device(x, device_type), kernel_dtype(x), compiled_for(x)):
             if reason is not None:
                 return reason
-        reason = compiled_for(x)
-        if reason is not None:
-            return reason
         for c in extra:
             reason = c(inputs)
             if reason is not None:

@@ -65,15 +65,14 @@ def report(verbose: bool = False) -> str:
     return "\n".join(lines)
 
 
-def cuda_problem() -> str | None:
+def cuda_problem(require_gpu: bool = True) -> str | None:
     """None when the compiled CUDA kernels can run here, else what is missing: the library, its CUDA kernels, a
-    visible GPU, or code for that GPU's architecture."""
-    if _ext.LOAD_ERROR is not None:
-        return f"lumina_kernels._C is not loaded ({_ext.LOAD_ERROR})"
-    if not _ext.HAS_CUDA_KERNELS:
-        return "this build has no CUDA kernels (torch without CUDA, no nvcc, or LUMINA_FORCE_CPU=1 at build time)"
+    visible GPU (unless `require_gpu` is False), or code for that GPU's architecture."""
+    problem = dispatch.needs_extension("cuda")
+    if problem is not None:
+        return problem
     if not torch.cuda.is_available():
-        return "torch sees no CUDA GPU"
+        return "torch sees no CUDA GPU" if require_gpu else None
     return _ext.arch_refusal(0)
 
 
