@@ -26,7 +26,7 @@ import pytest
 import torch
 
 from lumina.models.nextdit import NextDiT, config_from_preset
-from lumina.pipelines.encoders import PixelCodec
+from lumina.codecs import PixelCodec
 from lumina.pipelines.text_to_image import LuminaPipeline
 from lumina.pipelines.tiny import randomize_weights
 

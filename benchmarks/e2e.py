@@ -113,7 +113,8 @@ def _parts(config: str, device: str, dtype):
 
 
 def _lumina(cfg, model, tok, gemma, vae):
-    from lumina.pipelines.encoders import TextEncoder, VAECodec
+    from lumina.codecs import VAECodec
+    from lumina.conditioning import TextEncoder
     from lumina.pipelines.text_to_image import LuminaPipeline
 
     return LuminaPipeline(model, TextEncoder(tok, gemma, layer=-2, max_length=256), VAECodec(vae))

@@ -10,7 +10,7 @@ from .sampling import sample
 
 __all__ = ["NextDiT", "NextDiTConfig", "PRESETS", "config_from_preset", "sample", "LuminaPipeline", "generate"]
 
-_LAZY = {"LuminaPipeline", "generate", "load_pipeline"}
+_LAZY = {"LuminaPipeline", "FlowPipeline", "generate", "load_pipeline"}
 
 
 def __getattr__(name):

@@ -1,6 +1,6 @@
 """The `lumina` command line, one to one with the Python API.
 
-    lumina generate PROMPT [PROMPT ...] [--model DIR] [-o out.png] [options of lumina.generate]
+    lumina generate [PROMPT ...] [--model DIR] [-o OUT] [options of the model's pipeline call]
     lumina train CONFIG.yaml [section.key=value ...]     (also under torchrun: python -m lumina.train)
     lumina info
 """
@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16",
           "float16": "float16", "fp16": "float16"}
@@ -18,9 +17,10 @@ def _generate_parser(sub) -> None:
     from .models.rope import METHODS
     from .sampling import SCHEDULES, SOLVERS
 
-    p = sub.add_parser("generate", help="text to image (lumina.generate)",
-                       description="Generate images from text prompts and save them as PNG files.")
-    p.add_argument("prompt", nargs="+", help="one or more prompts (a batch)")
+    p = sub.add_parser("generate", help="generate with a model of any modality (lumina.generate)",
+                       description="Generate images (PNG), sequences (WAV, NPY) or volumes (GIF, PNG, NPY) from "
+                                   "text prompts with the model's pipeline.")
+    p.add_argument("prompt", nargs="*", help="one or more prompts (a batch); none for an unconditional model")
     p.add_argument("--negative-prompt", default="", help="negative prompt for CFG (default: empty)")
     p.add_argument("--model", default=None,
                    help="pipeline directory (default: $LUMINA_MODEL, else the bundled model)")
@@ -28,8 +28,10 @@ def _generate_parser(sub) -> None:
     p.add_argument("--vae", default=None, help="VAE directory, or 'pixel' (default: MODEL/vae)")
     p.add_argument("--lora", default=None, help="LoRA adapter directory merged into the transformer")
     p.add_argument("--lora-scale", type=float, default=1.0, help="LoRA strength (default 1)")
-    p.add_argument("--height", type=int, default=None, help="pixels, a multiple of 16 (default: training size)")
-    p.add_argument("--width", type=int, default=None, help="pixels, a multiple of 16 (default: training size)")
+    p.add_argument("--height", type=int, default=None, help="image pixels, a multiple of 16 (default: training size)")
+    p.add_argument("--width", type=int, default=None, help="image pixels, a multiple of 16 (default: training size)")
+    p.add_argument("--size", default=None, metavar="N[,N...]",
+                   help="sample size per axis: image H,W; sequence T; volume F,H,W (default: the model's)")
     p.add_argument("--steps", type=int, default=None, help="solver steps (default 30)")
     p.add_argument("--solver", choices=sorted(SOLVERS), default=None, help="ODE solver (default midpoint)")
     p.add_argument("--schedule", choices=sorted(SCHEDULES), default=None, help="time schedule (default uniform)")
@@ -53,24 +55,25 @@ def _generate_parser(sub) -> None:
                    help="replay each evaluation as a CUDA graph (auto: on for CUDA devices)")
     p.add_argument("--compile", nargs="?", const="inductor", default=None, metavar="BACKEND",
                    help="run the transformer under torch.compile (default backend inductor)")
-    p.add_argument("-n", "--num-images", type=int, default=1, help="images per prompt")
+    p.add_argument("-n", "--num-images", type=int, default=1, help="samples (images) per prompt")
     p.add_argument("--seed", type=int, default=None, help="random seed (the same image on every device)")
     p.add_argument("--dtype", choices=sorted(DTYPES), default=None,
                    help="transformer / text encoder dtype (default bf16 on CUDA, fp32 on CPU)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available)")
     p.add_argument("--no-ema", dest="ema", action="store_false", help="official checkpoints: non-EMA weights")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
-    p.add_argument("-o", "--output", default="lumina.png",
-                   help="PNG path; with several images, STEM_0.png, STEM_1.png, ... (default lumina.png)")
+    p.add_argument("-o", "--output", default=None,
+                   help="output path (image: .png; sequence: .wav or .npy; volume: .gif, .png or .npy); with several "
+                        "samples, STEM_0.EXT, STEM_1.EXT, ... (default lumina.png / lumina.wav / lumina.gif)")
 
 
-def _output_paths(output: str, n: int) -> list[Path]:
-    out = Path(output)
-    if out.suffix.lower() != ".png":
-        raise ValueError(f"`--output` must end in .png, got {output!r}")
-    if n == 1:
-        return [out]
-    return [out.with_name(f"{out.stem}_{i}{out.suffix}") for i in range(n)]
+def _size(text: str | None) -> tuple[int, ...] | None:
+    if text is None:
+        return None
+    try:
+        return tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise ValueError(f"`--size` must be integers separated by commas (e.g. 64,64), got {text!r}") from None
 
 
 def _schedule_params(items: list[str]) -> dict[str, float]:
@@ -89,24 +92,33 @@ def _schedule_params(items: list[str]) -> dict[str, float]:
 def cmd_generate(args) -> int:
     import torch
 
-    from .pipelines import generate
+    from . import pipelines
+    from .pipelines.results import check_output
 
     schedule_params = _schedule_params(args.schedule_param)
-    paths = _output_paths(args.output, len(args.prompt) * args.num_images)
+    size = _size(args.size)
     dtype = getattr(torch, DTYPES[args.dtype]) if args.dtype else None
-    images = generate(
-        args.prompt, args.negative_prompt, model=args.model, text_encoder=args.text_encoder, vae=args.vae,
-        lora=args.lora, lora_scale=args.lora_scale,
-        dtype=dtype, device=args.device, ema=args.ema, height=args.height, width=args.width, steps=args.steps,
-        solver=args.solver, schedule=args.schedule, shift=args.shift, schedule_params=schedule_params, cfg=args.cfg, cfg_channels=args.cfg_channels,
+    pipe = pipelines.load_pipeline(args.model, text_encoder=args.text_encoder, vae=args.vae, lora=args.lora,
+                                   lora_scale=args.lora_scale, dtype=dtype, device=args.device, ema=args.ema)
+    output = check_output(pipe.result_type, args.output or pipe.result_type.DEFAULT_NAME)
+    kw = {}
+    if pipe.modality == "image":
+        kw.update(height=args.height, width=args.width, num_images_per_prompt=args.num_images)
+    elif args.height is not None or args.width is not None:
+        raise ValueError(f"`--height` / `--width` are for images; a {pipe.modality} model takes `--size`")
+    else:
+        kw.update(num_samples_per_prompt=args.num_images)
+    if size is not None:
+        kw["size"] = size
+    result = pipe(
+        args.prompt or None, args.negative_prompt, steps=args.steps, solver=args.solver, schedule=args.schedule,
+        shift=args.shift, schedule_params=schedule_params, cfg=args.cfg, cfg_channels=args.cfg_channels,
         cfg_renorm=args.cfg_renorm, cfg_truncation=args.cfg_truncation, rope_scaling=args.rope_scaling,
         scale_watershed=args.scale_watershed, proportional_attn=args.proportional_attn,
         context_drop=args.context_drop, cuda_graphs={"auto": None, "on": True, "off": False}[args.cuda_graphs],
-        compile=args.compile or False, num_images_per_prompt=args.num_images, seed=args.seed, progress=args.progress,
+        compile=args.compile or False, seed=args.seed, progress=args.progress, **kw,
     )
-    for img, path in zip(images, paths):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        img.save(path, format="PNG")
+    for path in result.save(output):
         print(path)
     return 0
 

@@ -18,9 +18,9 @@ def encoders(tmp_path_factory):
 
 def test_reexports():
     import lumina.pipelines as pipelines
-    import lumina.pipelines.encoders as encoders
+    import lumina.conditioning as conditioning
 
-    assert pipelines.TextEncoder is encoders.TextEncoder is TextEncoder
+    assert pipelines.TextEncoder is conditioning.TextEncoder is TextEncoder
 
 
 def test_multi_encoder_projects_and_concatenates(encoders):

@@ -337,14 +337,18 @@ def test_pipeline_compile_option(pipe):
 def test_cli_context_drop_flags(tmp_path, monkeypatch):
     seen = {}
     import lumina.pipelines as pipelines
+    from lumina.pipelines import ImageResult
 
-    def fake_generate(prompt, negative, **kw):
-        seen.update(kw)
-        from PIL import Image
+    class FakePipe:
+        modality, result_type = "image", ImageResult
 
-        return [Image.new("RGB", (8, 8))]
+        def __call__(self, prompt, negative, **kw):
+            seen.update(kw)
+            from PIL import Image
 
-    monkeypatch.setattr(pipelines, "generate", fake_generate)
+            return ImageResult([Image.new("RGB", (8, 8))])
+
+    monkeypatch.setattr(pipelines, "load_pipeline", lambda *a, **k: FakePipe())
     out = tmp_path / "x.png"
     assert cli_main(["generate", "a", "--context-drop", "factor=2,until=0.5", "--cuda-graphs", "off", "--compile",
                      "-o", str(out)]) == 0

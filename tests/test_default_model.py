@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 import lumina
-from lumina.pipelines import text_to_image
+from lumina.pipelines import loading as generate_module
 from lumina.training.shapes import judge
 from lumina.training.shapes_eval import evaluate
 
@@ -26,7 +26,7 @@ def pipe():
 
 def test_bundled_model_is_the_default(monkeypatch):
     monkeypatch.delenv("LUMINA_MODEL", raising=False)
-    assert text_to_image.default_model_path() == BUNDLED
+    assert generate_module.default_model_path() == BUNDLED
     size = sum(f.stat().st_size for f in BUNDLED.rglob("*") if f.is_file())
     assert size <= 25 * 2**20, f"bundled model is {size / 2**20:.1f} MiB"
 

@@ -204,7 +204,7 @@ def test_default_model_images_match_the_unfused_ones():
     """The bundled default model with `lumina generate`'s defaults: fused GEMMs reorder no image visibly
     (>= 50 dB against the separate layers, today's path) for a few prompts and seeds."""
     import lumina
-    from lumina.pipelines.text_to_image import default_model_path
+    from lumina.pipelines import default_model_path
 
     pipe = lumina.load_pipeline(default_model_path(), device="cpu")
     prompts = ["a red circle on a blue background", "a green triangle on a white background",

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import lumina
-from lumina.pipelines import text_to_image
+from lumina.pipelines import base as pipeline_base
 from lumina.sampling import Guidance, GraphedVelocity, cfg_velocity, sample
 
 
@@ -126,7 +126,7 @@ def test_pipeline_and_cfg_velocity_give_identical_velocities(pipe, monkeypatch, 
         return x0
 
     monkeypatch.setattr(pipe.transformer, "forward", fake_forward)
-    monkeypatch.setattr(text_to_image, "sample", fake_sample)
+    monkeypatch.setattr(pipeline_base, "sample", fake_sample)
     kw = dict(cfg=cfg, seed=1, output_type="latent", progress=False, proportional_attn=False, **options)
     x = pipe(["a red circle", "a green square"], "blurry", cuda_graphs=False, **kw)
     eager = captured["velocity"]

@@ -221,9 +221,9 @@ def test_missing_parts(pipe_dir, tmp_path, monkeypatch):
         LuminaPipeline.from_pretrained(root)
     with pytest.raises(FileNotFoundError, match="no VAE.*vae="):
         LuminaPipeline.from_pretrained(root, text_encoder=pipe_dir / "text_encoder")
-    from lumina.pipelines import text_to_image
+    from lumina.pipelines import loading as generate_module
 
-    monkeypatch.setattr(text_to_image, "default_model_path", lambda: None)
+    monkeypatch.setattr(generate_module, "default_model_path", lambda: None)
     with pytest.raises(ValueError, match="no model given"):
         lumina.generate("a")
     monkeypatch.undo()

@@ -78,6 +78,10 @@ class ModalityAdapter(nn.Module):
         raise NotImplementedError
 
     # -- shared bookkeeping ------------------------------------------------------------------------
+    def token_grid(self, latent_shape: Sequence[int]) -> tuple[int, ...]:
+        """The token grid of one sample of this latent shape (patchified on a meta tensor: no data, no copy)."""
+        return self.patchify(torch.empty(tuple(latent_shape), device="meta"), 0)[1]
+
     def split(self, x) -> tuple[list[Tensor], bool]:
         """(list of samples, whether x was one batched tensor)."""
         if isinstance(x, (list, tuple)) and x and all(isinstance(s, Tensor) for s in x):

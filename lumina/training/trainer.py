@@ -35,7 +35,7 @@ from .._paths import resolve_path
 from ..models.checkpoints import save_state
 from ..models.nextdit import NextDiT, config_from_preset
 from ..conditioning import TextEncoder
-from ..pipelines.encoders import PixelCodec, VAECodec
+from ..codecs import PixelCodec, VAECodec
 from . import lora as lora_io
 from .config import Config, ConfigError
 from .data import epochs, load_loader_state, loader_state
@@ -461,7 +461,7 @@ class Trainer:
     def export_pipeline(self, path: Path) -> Path:
         """A pipeline directory for `lumina generate --model`: the EMA transformer, a reference to the text encoder
         (pkg: paths stay references; directories are copied) and the codec."""
-        from ..pipelines.text_to_image import PipelineConfig
+        from ..pipeline_dir import PipelineConfig
 
         ckpt = self.latest_checkpoint()
         path.mkdir(parents=True, exist_ok=True)

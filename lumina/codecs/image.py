@@ -1,10 +1,6 @@
-"""Latent codecs (diffusers VAEs, pixel space) for the pipelines; the text encoders live in
-:mod:`lumina.conditioning` (``TextEncoder`` is re-exported here for compatibility).
-
-* :class:`LatentCodec`: the image <-> latent mapping; :class:`VAECodec` (a ``diffusers.AutoencoderKL``, always run
-  in float32: SDXL VAE, scaling 0.13025, shift 0 for Lumina-Next) and :class:`PixelCodec` (identity, for
-  pixel-space models).
-* :func:`to_pil`: float images in [0, 1] to 8-bit RGB PIL images.
+"""Image codecs: :class:`VAECodec` (a ``diffusers.AutoencoderKL``, always run in float32: SDXL VAE, scaling
+0.13025, shift 0 for Lumina-Next) and :class:`PixelCodec` (pixel-space models: images and frame stacks), and
+:func:`to_pil` (float images in [0, 1] to 8-bit RGB PIL images).
 
 Everything loads from LOCAL directories only (``local_files_only=True``): nothing here downloads. diffusers is
 imported lazily, so ``import lumina.pipelines`` stays cheap.
@@ -13,55 +9,18 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional, Union
+from typing import TYPE_CHECKING, Optional
 
 import torch
 
 from .._paths import check_model_dir
-from ..conditioning.text import TextEncoder
+from .base import DeviceLike, LatentCodec, PathLike
 
 if TYPE_CHECKING:  # pragma: no cover
     import PIL.Image
     from diffusers import AutoencoderKL
 
-__all__ = ["TextEncoder", "LatentCodec", "VAECodec", "PixelCodec", "to_pil"]
-
-PathLike = Union[str, os.PathLike]
-DeviceLike = Union[str, torch.device, None]
-
-
-class LatentCodec:
-    """The image <-> latent mapping of a pipeline.
-
-    ``decode(latents) -> images`` float32 in [0, 1], (B, C, H * downscale, W * downscale); ``encode(images in
-    [0, 1]) -> latents`` (B, latent_channels, H / downscale, W / downscale); ``to(device)`` moves it and returns
-    it; ``latent_channels`` and ``downscale`` describe the latent grid.
-    """
-
-    latent_channels: int
-    downscale: int
-
-    def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        """Latents (B, latent_channels, h, w) -> images (B, C, h * downscale, w * downscale) in [0, 1]."""
-        raise NotImplementedError
-
-    def encode(self, images: torch.Tensor, generator: Optional[torch.Generator] = None,
-               sample: bool = True) -> torch.Tensor:
-        """Images (B, C, H, W) in [0, 1] -> latents (B, latent_channels, H / downscale, W / downscale)."""
-        raise NotImplementedError
-
-    def to(self, device: DeviceLike) -> "LatentCodec":
-        """Move to ``device``; returns ``self``."""
-        return self
-
-    def latent_shape(self, height: int, width: int) -> tuple[int, int, int]:
-        """``(latent_channels, height // downscale, width // downscale)``; ``ValueError`` unless both sizes are
-        positive multiples of ``downscale``."""
-        d = self.downscale
-        for name, v in (("height", height), ("width", width)):
-            if not isinstance(v, int) or v < d or v % d:
-                raise ValueError(f"`{name}` must be a positive multiple of {d}, got {v!r}")
-        return self.latent_channels, height // d, width // d
+__all__ = ["VAECodec", "PixelCodec", "to_pil"]
 
 
 def _check_images(x: torch.Tensor, name: str) -> None:
@@ -140,7 +99,7 @@ class VAECodec(LatentCodec):
 class PixelCodec(LatentCodec):
     """Identity codec for pixel-space models: downscale 1, ``latent_channels = channels``; the model's space is
     [-1, 1]. ``decode`` maps [-1, 1] -> [0, 1] (clamped), ``encode`` maps [0, 1] -> [-1, 1]; both return float32 on
-    the input's device (or the device given to ``to``)."""
+    the input's device (or the device given to ``to``). Images (B, C, H, W) or stacks of frames (B, F, C, H, W)."""
 
     def __init__(self, channels: int = 3):
         """``channels``: image (and latent) channels, >= 1."""
@@ -156,8 +115,10 @@ class PixelCodec(LatentCodec):
         return self
 
     def _prep(self, x: torch.Tensor, name: str) -> torch.Tensor:
-        _check_images(x, name)
-        if x.shape[1] != self.latent_channels:
+        if not isinstance(x, torch.Tensor) or x.dim() not in (4, 5):
+            raise ValueError(f"`{name}` must be a 4-D (B, C, H, W) or 5-D (B, F, C, H, W) tensor, got "
+                             f"{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}")
+        if x.shape[-3] != self.latent_channels:
             raise ValueError(f"`{name}` must have {self.latent_channels} channels, got shape {tuple(x.shape)}")
         return x.to(device=x.device if self._device is None else self._device, dtype=torch.float32)
 
