@@ -52,6 +52,7 @@ class ModalityAdapter(nn.Module):
     pool_axes: tuple[bool, ...] = ()  # the axes context drop merges over
     rope_interleave: bool = False  # the official Lumina-Next layout (equal shares, pairs interleaved)
     sample_doc: str = "?"  # the shape of one sample, for error messages
+    channel_dim: int = 0  # the channel dim of one sample
 
     def __init__(self, config: NextDiTConfig):
         super().__init__()
@@ -75,6 +76,15 @@ class ModalityAdapter(nn.Module):
 
     def latent_shape(self, size: Sequence[int], downscale: int = 1) -> tuple[int, ...]:
         """The latent of a sample of `size` (sample units, e.g. pixels) under a codec of `downscale`."""
+        raise NotImplementedError
+
+    def size_of(self, shape: Sequence[int]) -> tuple[int, ...]:
+        """A sample's size along its position axes (the inverse of :meth:`latent_shape` at downscale 1)."""
+        raise NotImplementedError
+
+    def prefix_index(self, n: int) -> tuple:
+        """The index into one sample of its first ``n`` units along position axis 0: what ``model(...,
+        clean_prefix=n)`` conditions as clean (rows of patches, steps of patches, frames)."""
         raise NotImplementedError
 
     # -- shared bookkeeping ------------------------------------------------------------------------

@@ -42,6 +42,12 @@ class ImageAdapter(ModalityAdapter):
         o = tokens[: ht * wt].view(ht, wt, p, p, C)  # features in (pH, pW, C) order
         return o.permute(4, 0, 2, 1, 3).reshape(C, H, W)[: self.config.in_channels]  # drop the sigma half
 
+    def size_of(self, shape: Sequence[int]) -> tuple[int, ...]:
+        return tuple(shape[1:])  # (C, H, W) -> (H, W)
+
+    def prefix_index(self, n: int) -> tuple:
+        return (slice(None), slice(0, n * self.config.patch_size))  # the first n rows of patches
+
     def latent_shape(self, size: Sequence[int], downscale: int = 1) -> tuple[int, ...]:
         """(C, H / downscale, W / downscale) for size (H, W); ValueError unless multiples of downscale x patch."""
         p = self.config.patch_size

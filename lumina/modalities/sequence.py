@@ -41,6 +41,12 @@ class SequenceAdapter(ModalityAdapter):
         o = tokens[:n].view(n, p, C)  # features in (p, C) order
         return o.permute(2, 0, 1).reshape(C, T)[: self.config.in_channels]  # (C, n, p) -> (C, T); no sigma half
 
+    def size_of(self, shape: Sequence[int]) -> tuple[int, ...]:
+        return tuple(shape[1:])  # (C, T) -> (T,)
+
+    def prefix_index(self, n: int) -> tuple:
+        return (slice(None), slice(0, n * self.config.patch_size))  # the first n tokens of p steps
+
     def latent_shape(self, size: Sequence[int], downscale: int = 1) -> tuple[int, ...]:
         """(C, T / downscale) for size (T,); ValueError unless a multiple of downscale x patch."""
         return (self.config.in_channels, *self.latent_extent(size, {"length": self.config.patch_size}, downscale))

@@ -22,6 +22,7 @@ class VolumeAdapter(ModalityAdapter):
     scaled_axes = (False, True, True)
     pool_axes = (False, True, True)
     sample_doc = "(F, C, H, W)"
+    channel_dim = 1
 
     def token_features(self, channels: int) -> int:
         return channels * self.config.patch_size ** 2
@@ -44,6 +45,12 @@ class VolumeAdapter(ModalityAdapter):
         o = tokens[: Fr * ht * wt].view(Fr, ht, wt, p, p, C)  # features in (pH, pW, C) order
         # (F, ht, wt, pH, pW, C) -> (F, C, ht, pH, wt, pW) -> (F, C, H, W); drop the sigma half
         return o.permute(0, 5, 1, 3, 2, 4).reshape(Fr, C, H, W)[:, : self.config.in_channels]
+
+    def size_of(self, shape: Sequence[int]) -> tuple[int, ...]:
+        return (shape[0], shape[2], shape[3])  # (F, C, H, W) -> (F, H, W)
+
+    def prefix_index(self, n: int) -> tuple:
+        return (slice(0, n),)  # the first n frames
 
     def latent_shape(self, size: Sequence[int], downscale: int = 1) -> tuple[int, ...]:
         """(F, C, H / downscale, W / downscale) for size (frames, height, width) (frames are latent frames)."""

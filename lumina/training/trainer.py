@@ -3,46 +3,44 @@
     lumina train configs/tiny_shapes.yaml [section.key=value ...]
     torchrun --nproc_per_node 2 -m lumina.train configs/tiny_shapes.yaml train.parallel=ddp
 
-One step: a batch of variable-size images (aspect-ratio buckets) -> codec latents x1 (pixels in [-1, 1] for a
-pixel-space model) and text features (frozen encoder; captions dropped to "" with probability
-``caption_dropout``) -> noise x0, time t (uniform, lognorm or shifted) -> x_t = t x1 + (1 - t) x0 -> MSE between
-``model(x_t, t)`` and the velocity x1 - x0, averaged per sample -> AdamW step with gradient clipping -> EMA.
+Every modality: ``model.modality`` names the adapter (image, sequence, volume), which sets the sample layout; the
+codec (``model.codec``: pixel, identity or a VAE directory) and the data (images, or tensors of any modality) follow.
+One step: a batch of variable-size samples -> codec latents x1 and text features (frozen encoder; captions dropped
+to "" with probability ``caption_dropout``) -> the flow-matching batch of :mod:`.flow` (t, x_t, velocity target,
+an optional clean prefix with per-token t) -> the per-sample MSE -> AdamW step with gradient clipping -> EMA.
 
-Checkpoints (``out_dir/checkpoints/step_NNNNNNN/``) are written to a temporary directory and renamed, then the
-``latest`` pointer is replaced atomically: a killed run never leaves a half-written checkpoint as the latest. They
-hold the model in the official format (``model_args.pth``, ``consolidated.00-of-01.safetensors`` and the EMA
-weights ``consolidated_ema.00-of-01.safetensors``, which ``NextDiT.from_pretrained`` reads), or only the LoRA
-adapter, plus ``trainer_state.pt`` (optimizer, scheduler, data loader position, every RNG state) for an exact resume:
-on CPU with a fixed seed, a resumed run reproduces the uninterrupted loss curve bit for bit.
+Checkpoints (:mod:`.checkpointing`) hold the model as a native NextDiT checkpoint (``config.json``,
+``model.safetensors`` and the EMA weights ``model_ema.safetensors``, which ``NextDiT.from_pretrained`` reads; older
+runs' official-format checkpoints resume too), or only the LoRA adapter, plus ``trainer_state.pt`` for an exact
+resume: on CPU with a fixed seed, a resumed run reproduces the uninterrupted loss curve bit for bit. The trainer
+never imports the pipelines: :meth:`Trainer.export_pipeline` writes the pipeline directory format of
+:mod:`lumina.pipeline_dir`.
 """
 from __future__ import annotations
 
-import csv
 import os
-import random
 import re
 import shutil
 import time
 from contextlib import nullcontext
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 
+from .. import modalities
 from .._paths import resolve_path
-from ..models.checkpoints import save_state
-from ..models.nextdit import NextDiT, config_from_preset
+from ..codecs import VAECodec, load_codec
 from ..conditioning import TextEncoder
-from ..codecs import PixelCodec, VAECodec
+from ..models.checkpoints import read_checkpoint, save_state
+from ..models.nextdit import NextDiT, config_from_preset
+from ..pipeline_dir import GenerationDefaults, PipelineConfig
+from . import checkpointing as ckpt_io
+from . import flow
 from . import lora as lora_io
+from .checkpointing import LOG_FILE, read_log  # noqa: F401  (read_log: part of this module's API)
 from .config import Config, ConfigError
 from .data import epochs, load_loader_state, loader_state
-
-STATE_FILE = "trainer_state.pt"
-LATEST = "latest"
-LOG_FILE = "loss.csv"
 
 
 # ------------------------------------------------------------------------------------------------
@@ -87,30 +85,24 @@ class Trainer:
             self.ckpt_root.mkdir(parents=True, exist_ok=True)
             cfg.save(self.out / "config.yaml")
 
-        # frozen text encoder and codec
+        # frozen text encoder; the data (its first sample sets a tensor codec's channels); the codec
         self.text_encoder = TextEncoder.from_pretrained(resolve_path(m.text_encoder), dtype=torch.float32,
                                                         device=self.device, layer=m.text_layer,
                                                         max_length=m.max_length)
         self.text_encoder.requires_grad_(False).eval()
-        self.codec = PixelCodec(3) if m.codec == "pixel" else VAECodec.from_pretrained(resolve_path(m.codec),
-                                                                                       device=self.device)
+        self.adapter_cls = modalities.get(m.modality)
+        self.images = issubclass(self.adapter_cls, modalities.ImageAdapter)  # image data (folders, shapes) fits it
+        source = self._data_source()
+        self.dataset = None  # images: made once the model gives the patch multiple
+        if not self.images or _is_tensor_jsonl(source):
+            from .data import TensorCaptionDataset
+
+            self.dataset = TensorCaptionDataset(source, self.adapter_cls.sample_rank)
+        self.codec = self._make_codec()
 
         # the model: identical initial weights on every rank (seeded), fp32 master weights
         torch.manual_seed(t.seed)
-        if m.init_from is not None:
-            self.model = NextDiT.from_pretrained(resolve_path(m.init_from), dtype=torch.float32, device="cpu")
-            if self.model.config.modality != m.modality:
-                raise ConfigError(f"`model.modality` is {m.modality!r}, the model in `model.init_from` is "
-                                  f"{self.model.config.modality!r}")
-        else:
-            overrides = dict(m.overrides, modality=m.modality)
-            overrides.setdefault("context_dim", self.text_encoder.dim)
-            overrides.setdefault("in_channels", self.codec.latent_channels)
-            overrides.setdefault("sample_size", cfg.data.resolution // self.codec.downscale)
-            try:
-                self.model = NextDiT(config_from_preset(m.preset, **overrides))
-            except (TypeError, ValueError) as e:
-                raise ConfigError(f"`model.overrides`: {e}") from None
+        self.model = self._make_model()
         mc = self.model.config
         if mc.context_dim != self.text_encoder.dim:
             raise ConfigError(f"`model.text_encoder` gives {self.text_encoder.dim}-d features, the model expects "
@@ -118,6 +110,8 @@ class Trainer:
         if mc.in_channels != self.codec.latent_channels:
             raise ConfigError(f"`model.codec` has {self.codec.latent_channels} channels, the model expects "
                               f"in_channels={mc.in_channels}")
+        if self.dataset is None:
+            self.dataset = self._image_dataset(source, self.codec.downscale * mc.patch_size)
         self.model.gradient_checkpointing = m.gradient_checkpointing
         self.model.to(self.device).train()
         if cfg.lora is not None:
@@ -133,17 +127,8 @@ class Trainer:
         warm = t.warmup_steps
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda s: min(1.0, (s + 1) / warm) if warm else 1.0)
 
-        # data
-        from .data import ImageCaptionDataset, make_loader
+        from .data import make_loader
 
-        source = self._data_source()
-        self.dataset = ImageCaptionDataset(source, resolution=cfg.data.resolution,
-                                           patch_multiple=self.codec.downscale * mc.patch_size,
-                                           buckets=None if cfg.data.buckets == "aspect" else "square",
-                                           random_crop=cfg.data.random_crop,
-                                           seed=t.seed)
-        if len(self.dataset) == 0:
-            raise ConfigError(f"`data`: no training images found in {source}")
         self.loader = make_loader(self.dataset, t.batch_size, seed=t.seed, rank=self.rank, world_size=self.world,
                                   num_workers=cfg.data.num_workers)
         self.cache = None
@@ -156,10 +141,65 @@ class Trainer:
         self.step = 0
 
     # -- setup helpers -------------------------------------------------------------------------
+    def _image_dataset(self, source: Path, patch_multiple: int):
+        """Images (a folder, a JSONL of images, or synthetic shapes) bucketed to multiples of `patch_multiple` (the
+        codec's downscale x patch size)."""
+        from .data import ImageCaptionDataset
+
+        cfg = self.cfg
+        dataset = ImageCaptionDataset(source, resolution=cfg.data.resolution, patch_multiple=patch_multiple,
+                                      buckets=None if cfg.data.buckets == "aspect" else "square",
+                                      random_crop=cfg.data.random_crop, seed=cfg.train.seed)
+        if len(dataset) == 0:
+            raise ConfigError(f"`data`: no training images found in {source}")
+        return dataset
+
+    def _first_sample(self) -> torch.Tensor:
+        for i in range(len(self.dataset)):
+            item = self.dataset[i]
+            if item is not None:
+                return item["sample"] if "sample" in item else item["image"]
+        raise ConfigError(f"`data.source`: none of the {len(self.dataset)} samples could be read")
+
+    def _make_codec(self):
+        m = self.cfg.model
+        if m.codec in ("pixel", "identity"):
+            channels = 3 if self.dataset is None else self._first_sample().shape[self.adapter_cls.channel_dim]
+            return load_codec(m.codec, channels, device=self.device)
+        return VAECodec.from_pretrained(resolve_path(m.codec), device=self.device)
+
+    def _make_model(self) -> NextDiT:
+        m = self.cfg.model
+        if m.init_from is not None:
+            model = NextDiT.from_pretrained(resolve_path(m.init_from), dtype=torch.float32, device="cpu")
+            if model.config.modality != m.modality:
+                raise ConfigError(f"`model.modality` is {m.modality!r}, the model in `model.init_from` is "
+                                  f"{model.config.modality!r}")
+            return model
+        overrides = dict(m.overrides, modality=m.modality)
+        overrides.setdefault("context_dim", self.text_encoder.dim)
+        overrides.setdefault("in_channels", self.codec.latent_channels)
+        overrides.setdefault("sample_size", self._train_extent() // self.codec.downscale)
+        try:
+            return NextDiT(config_from_preset(m.preset, **overrides))
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"`model.overrides`: {e}") from None
+
+    def _train_extent(self) -> int:
+        """The training extent of a scaled axis in sample units: data.resolution for images, else the first
+        sample's (along the adapter's first scaled axis)."""
+        if self.dataset is None:  # images
+            return self.cfg.data.resolution
+        size = _size_of(self.adapter_cls, self._first_sample().shape)
+        return next(v for v, on in zip(size, self.adapter_cls.scaled_axes) if on)
+
     def _data_source(self) -> Path:
         d = self.cfg.data
         if d.source is not None:
             return resolve_path(d.source)
+        if not self.images:
+            raise ConfigError(f"`data.shapes` renders images; a {self.cfg.model.modality!r} model needs `data.source` "
+                              "(a JSONL of tensor samples)")
         from .shapes import write_dataset
 
         root = self.out / "data" / f"shapes_{d.shapes}_{d.resolution}_{self.cfg.train.seed}"
@@ -196,16 +236,6 @@ class Trainer:
         return self.model
 
     # -- one step ------------------------------------------------------------------------------
-    def _sample_t(self, n: int) -> torch.Tensor:
-        t = self.cfg.train
-        if t.t_sampling == "lognorm":
-            return torch.sigmoid(torch.randn(n, generator=self.gen))
-        u = torch.rand(n, generator=self.gen)
-        if t.t_sampling == "shifted":
-            s = t.t_shift
-            u = u / (u + s - s * u)
-        return u
-
     @torch.no_grad()
     def _encode_text(self, captions: list[str]):
         if self.cache is None:
@@ -231,8 +261,8 @@ class Trainer:
     def _encode_images(self, batch) -> list[torch.Tensor]:
         """Codec latents of the batch. A VAE samples its latent with the training generator; with a cache, the
         latent distribution's mode is cached per (image file content, crop, VAE) and reused."""
-        images = batch["images"]
-        if self.cache is None or isinstance(self.codec, PixelCodec):
+        images = batch["samples"]
+        if self.cache is None or not isinstance(self.codec, VAECodec):
             return [self.codec.encode(img[None].to(self.device), generator=self.gen)[0].float() for img in images]
         from .data import content_key
 
@@ -253,16 +283,15 @@ class Trainer:
                     for c in batch["captions"]]
         feats, mask = self._encode_text(captions)
         x1 = self._encode_images(batch)
-        n = len(x1)
-        t = self._sample_t(n)
-        x0 = [torch.randn(x.shape, generator=self.gen).to(self.device) for x in x1]
-        xt = [ti * a + (1 - ti) * b for ti, a, b in zip(t.tolist(), x1, x0)]
+        t = flow.sample_t(len(x1), t_cfg.t_sampling, t_cfg.t_shift, self.gen)
+        n_clean = t_cfg.clean_prefix
+        fb = flow.noisy_batch(x1, t, self.gen, self.device,
+                              prefix=self.model.adapter.prefix_index(n_clean) if n_clean else None)
         autocast = (torch.autocast(self.device.type, dtype=torch.bfloat16) if t_cfg.precision == "bf16"
                     else nullcontext())
         with autocast:
-            v = self.ddp_model(xt, t.to(self.device), feats, mask)
-        losses = [F.mse_loss(vi.float(), (a - b)) for vi, a, b in zip(v, x1, x0)]
-        return torch.stack(losses).mean()
+            v = self.ddp_model(fb.xt, t.to(self.device), feats, mask, clean_prefix=n_clean or None)
+        return flow.flow_loss(v, fb)
 
     @torch.no_grad()
     def _ema_update(self) -> None:
@@ -297,14 +326,7 @@ class Trainer:
     def save_checkpoint(self) -> Path | None:
         model_state, ema_state = self._model_and_ema_state()  # collectives: every rank takes part
         opt_state = self._optimizer_state()
-        rng = {"gen": self.gen.get_state(), "torch": torch.get_rng_state(),
-               "python": list(random.getstate()[1]), "python_version": random.getstate()[0],
-               "python_gauss": random.getstate()[2],
-               "numpy": torch.from_numpy(np.random.get_state()[1].astype(np.int64)),
-               "numpy_pos": int(np.random.get_state()[2])}
-        if torch.cuda.is_available():
-            rng["cuda"] = torch.cuda.get_rng_state()
-        final = self.ckpt_root / f"step_{self.step:07d}"
+        rng = ckpt_io.rng_state(self.gen)
         if self.world > 1:  # each rank's generator state travels to rank 0
             gathered = [None] * self.world
             dist.all_gather_object(gathered, {"gen": self.gen.get_state(), "torch": torch.get_rng_state()})
@@ -312,52 +334,34 @@ class Trainer:
         if not self.main:
             dist.barrier()
             return None
-        tmp = final.with_name(final.name + f".tmp{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        if self.cfg.lora is not None:
-            lora_io.save_adapter(model_state, ema_state, self.cfg.lora, tmp)
-        else:
-            save_state(self.model.config, model_state, tmp, format="official", ema_state=ema_state)
-        torch.save({"step": self.step, "optimizer": opt_state, "scheduler": self.sched.state_dict(),
-                    "data": loader_state(self.loader), "rng": rng, "world_size": self.world,
-                    "config": self.cfg.to_dict()}, tmp / STATE_FILE)
-        _fsync_dir(tmp)
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
-        _write_atomic(self.ckpt_root / LATEST, final.name)
-        self._prune()
+
+        def write_model(d: Path) -> None:
+            if self.cfg.lora is not None:
+                lora_io.save_adapter(model_state, ema_state, self.cfg.lora, d)
+            else:
+                save_state(self.model.config, model_state, d, format="native", ema_state=ema_state)
+
+        state = {"step": self.step, "optimizer": opt_state, "scheduler": self.sched.state_dict(),
+                 "data": loader_state(self.loader), "rng": rng, "world_size": self.world,
+                 "config": self.cfg.to_dict()}
+        final = ckpt_io.write_checkpoint(self.ckpt_root, self.step, write_model, state, self.cfg.train.keep_last)
         if self.world > 1:
             dist.barrier()
         return final
 
-    def _prune(self) -> None:
-        keep = self.cfg.train.keep_last
-        done = sorted(p for p in self.ckpt_root.glob("step_*") if p.is_dir() and ".tmp" not in p.name)
-        for old in done[:-keep]:
-            shutil.rmtree(old, ignore_errors=True)
-        for stale in self.ckpt_root.glob("step_*.tmp*"):  # left by a killed run
-            shutil.rmtree(stale, ignore_errors=True)
-
     def latest_checkpoint(self) -> Path | None:
-        pointer = self.ckpt_root / LATEST
-        if not pointer.is_file():
-            return None
-        path = self.ckpt_root / pointer.read_text().strip()
-        return path if (path / STATE_FILE).is_file() else None
+        return ckpt_io.latest_checkpoint(self.ckpt_root)
 
     def load_checkpoint(self, path: Path) -> None:
-        state = torch.load(path / STATE_FILE, map_location="cpu", weights_only=True)
+        state = ckpt_io.read_state(path)
         if state["world_size"] != self.world:
             raise ConfigError(f"checkpoint {path} was written with {state['world_size']} processes, this run has "
                               f"{self.world}: exact resume needs the same number")
         if self.cfg.lora is not None:
             model_state, ema_state = lora_io.load_adapter_states(path)
         else:
-            from safetensors.torch import load_file
-
-            model_state = load_file(str(path / "consolidated.00-of-01.safetensors"))
-            ema_state = load_file(str(path / "consolidated_ema.00-of-01.safetensors"))
+            model_state = read_checkpoint(path, ema=False)[1]  # native (or an earlier run's official) files
+            ema_state = read_checkpoint(path, ema=True)[1]
         self._set_model_state(model_state, strict=self.cfg.lora is None)
         names = [n for n, p in self.model.named_parameters() if p.requires_grad]
         with torch.no_grad():
@@ -381,14 +385,7 @@ class Trainer:
         else:  # a checkpoint of the earlier lumina sampler: the same order, `position` samples of the epoch taken
             self.loader.sampler.set_epoch(state["sampler"]["epoch"])
             self.loader.sampler.load_state_dict({"yielded": state["sampler"]["position"]})
-        rng = state["rng"]
-        mine = rng["per_rank"][self.rank] if "per_rank" in rng else rng
-        self.gen.set_state(mine["gen"])
-        torch.set_rng_state(mine["torch"])
-        random.setstate((rng["python_version"], tuple(rng["python"]), rng["python_gauss"]))
-        np.random.set_state(("MT19937", rng["numpy"].numpy().astype(np.uint32), rng["numpy_pos"]))
-        if "cuda" in rng and torch.cuda.is_available():
-            torch.cuda.set_rng_state(rng["cuda"])
+        ckpt_io.restore_rng(state["rng"], self.gen, self.rank)
         self.step = int(state["step"])
 
     def _set_model_state(self, state: dict, strict: bool) -> None:
@@ -418,7 +415,7 @@ class Trainer:
             self.load_checkpoint(path)
         log_path = self.out / LOG_FILE
         if self.main:
-            _truncate_log(log_path, self.step)
+            ckpt_io.start_log(log_path, self.step)
         bar = None
         if self.main and t.progress:
             from tqdm.auto import tqdm
@@ -442,7 +439,7 @@ class Trainer:
             losses.append(value)
             last = value
             if self.main:
-                _append_log(log_path, self.step, value, self.sched.get_last_lr()[0], float(grad_norm),
+                ckpt_io.append_log(log_path, self.step, value, self.sched.get_last_lr()[0], float(grad_norm),
                             time.perf_counter() - t0)
                 if bar is not None:
                     bar.update(1)
@@ -459,76 +456,52 @@ class Trainer:
         return {"step": self.step, "last_loss": last, "trainable_params": self.n_trainable}
 
     def export_pipeline(self, path: Path) -> Path:
-        """A pipeline directory for `lumina generate --model`: the EMA transformer, a reference to the text encoder
-        (pkg: paths stay references; directories are copied) and the codec."""
-        from ..pipeline_dir import PipelineConfig
-
+        """A pipeline directory (:mod:`lumina.pipeline_dir`) for `lumina generate --model`: the EMA transformer
+        (native format), a reference to the text encoder (pkg: paths stay references) and the codec; for a modality
+        other than image, the training sample size as the default size."""
         ckpt = self.latest_checkpoint()
         path.mkdir(parents=True, exist_ok=True)
         m = self.cfg.model
+        vae = m.codec not in ("pixel", "identity")
+        cfg = PipelineConfig(text_layer=m.text_layer, max_length=m.max_length, codec="vae" if vae else m.codec,
+                             pixel_channels=self.codec.latent_channels, text_encoder=m.text_encoder,
+                             vae=m.codec if vae else None)
+        if not self.images:
+            cfg.defaults = GenerationDefaults(size=list(_size_of(self.adapter_cls, self._first_sample().shape)))
         if self.cfg.lora is not None:
             lora_io.copy_adapter(ckpt, path / "lora")
-            base = resolve_path(m.init_from) if m.init_from else None
-            cfg = PipelineConfig(text_layer=m.text_layer, max_length=m.max_length, codec="pixel"
-                                 if m.codec == "pixel" else "vae", text_encoder=m.text_encoder,
-                                 vae=None if m.codec == "pixel" else m.codec,
-                                 transformer=str(base) if base else None, lora="lora")
+            cfg.transformer = str(resolve_path(m.init_from)) if m.init_from else None
+            cfg.lora = "lora"
         else:
             tdir = path / "transformer"
             shutil.rmtree(tdir, ignore_errors=True)
-            tdir.mkdir()
-            for f in ("model_args.pth", "consolidated_ema.00-of-01.safetensors"):
-                shutil.copy2(ckpt / f, tdir / f)
-            cfg = PipelineConfig(text_layer=m.text_layer, max_length=m.max_length,
-                                 codec="pixel" if m.codec == "pixel" else "vae", text_encoder=m.text_encoder,
-                                 vae=None if m.codec == "pixel" else m.codec)
+            config, ema_state, _ = read_checkpoint(ckpt, ema=True)
+            save_state(config, ema_state, tdir, format="native", ema_state=ema_state)  # as save_pretrained does
         cfg.save(path)
         return path
 
 
-# ------------------------------------------------------------------------------------------------
-# files
-# ------------------------------------------------------------------------------------------------
-def _fsync_dir(path: Path) -> None:
-    for f in path.iterdir():
-        with open(f, "rb") as fh:
-            os.fsync(fh.fileno())
+def _is_tensor_jsonl(source: Path) -> bool:
+    """Whether a JSONL source lists tensor files (its first record's path)."""
+    import json
+
+    from .data import TENSOR_EXTENSIONS
+
+    if not (source.is_file() and source.suffix.lower() in (".jsonl", ".ndjson")):
+        return False
+    with open(source, encoding="utf-8") as f:
+        for line in f:
+            if line.strip():
+                try:
+                    return Path(str(json.loads(line).get("path", ""))).suffix in TENSOR_EXTENSIONS
+                except (json.JSONDecodeError, AttributeError):
+                    return False
+    return False
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-LOG_FIELDS = ["step", "loss", "lr", "grad_norm", "seconds"]
-
-
-def _truncate_log(path: Path, step: int) -> None:
-    """Keep the rows up to `step` (a resumed run continues the same curve)."""
-    if not path.is_file():
-        with open(path, "w", newline="") as f:
-            csv.writer(f).writerow(LOG_FIELDS)
-        return
-    with open(path, newline="") as f:
-        rows = list(csv.reader(f))
-    keep = [rows[0]] + [r for r in rows[1:] if r and int(r[0]) <= step]
-    with open(path, "w", newline="") as f:
-        csv.writer(f).writerows(keep)
-
-
-def _append_log(path: Path, step: int, loss: float, lr: float, grad_norm: float, seconds: float) -> None:
-    with open(path, "a", newline="") as f:
-        csv.writer(f).writerow([step, repr(loss), repr(lr), repr(grad_norm), f"{seconds:.3f}"])
-
-
-def read_log(path) -> list[dict]:
-    """The loss log as a list of {step, loss, lr, grad_norm, seconds}."""
-    with open(path, newline="") as f:
-        return [{k: (int(v) if k == "step" else float(v)) for k, v in row.items()} for row in csv.DictReader(f)]
+def _size_of(adapter_cls, shape) -> tuple[int, ...]:
+    """A sample's size along the adapter's position axes (size_of reads no model state: a bare instance does)."""
+    return adapter_cls.size_of(adapter_cls.__new__(adapter_cls), tuple(shape))
 
 
 def train(cfg: Config) -> dict:
