@@ -188,6 +188,7 @@ def test_model_context_drop_errors(model):
         model([x[0], x[1, :, :20, :20]], t, cap, cm, context_drop=[2, 2], context_drop_method="tome")
 
 
+@pytest.mark.slow
 def test_model_compiles_without_graph_breaks(model):
     """Every op on the path has a fake kernel: the whole forward traces into one graph (aot_eager: fast on CPU)."""
     torch._dynamo.reset()
@@ -323,6 +324,7 @@ def test_graph_refusals(pipe):
     assert pipe.last_run["cuda_graphs"] == "the device is cpu, not cuda"
 
 
+@pytest.mark.slow
 def test_pipeline_compile_option(pipe):
     torch._dynamo.reset()
     kw = dict(steps=2, seed=5, output_type="latent", progress=False, context_drop=2)

@@ -31,12 +31,14 @@ def test_bundled_model_is_the_default(monkeypatch):
     assert size <= 25 * 2**20, f"bundled model is {size / 2**20:.1f} MiB"
 
 
+@pytest.mark.slow
 def test_prompt_adherence(pipe):
     """Held-out random captions (every template), judged on the pixels: at least 80% right."""
     r = evaluate(pipe, n=40, seed=11)
     assert r["correct"] >= 0.8, {k: r[k] for k in ("correct", "background", "shape_color", "position")}
 
 
+@pytest.mark.slow
 def test_twice_the_training_size_is_still_recognisable(pipe):
     r = evaluate(pipe, n=12, seed=12, size=2 * pipe.default_size, rope_scaling="time_aware")
     assert r["correct"] >= 0.6, {k: r[k] for k in ("correct", "background", "shape_color", "position")}

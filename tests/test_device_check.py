@@ -90,6 +90,7 @@ def test_unknown_plan_is_refused(tmp_path):
 
 @needs_bash
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the failure without a GPU")
+@pytest.mark.slow
 def test_real_run_without_a_gpu_fails_loudly(tmp_path):
     env = dict(os.environ, OUT=str(tmp_path / "out"), PLAN="second", SKIP_BUILD="1", PYTHON=sys.executable)
     env.pop("LUMINA_FAKE_GPU", None)

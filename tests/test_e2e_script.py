@@ -6,6 +6,8 @@ import pytest
 pytest.importorskip("diffusers")
 from benchmarks import e2e  # noqa: E402
 
+pytestmark = pytest.mark.slow  # a whole benchmark script run: CI's first stage
+
 
 def test_tiny_run_writes_table_and_json(tmp_path):
     out = tmp_path / "e2e.md"

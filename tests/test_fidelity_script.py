@@ -6,6 +6,8 @@ from pathlib import Path
 import pytest
 import torch
 
+pytestmark = pytest.mark.slow  # a whole benchmark script run: CI's first stage
+
 _PATH = Path(__file__).resolve().parent.parent / "benchmarks" / "fidelity.py"
 _spec = importlib.util.spec_from_file_location("lumina_fidelity", _PATH)
 fidelity = importlib.util.module_from_spec(_spec)

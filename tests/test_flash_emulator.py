@@ -22,7 +22,8 @@ from test_attention import make, references
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent / "emulator"))
 import runner  # noqa: E402
 
-pytestmark = pytest.mark.skipif(runner.compiler() is None, reason="no host C++ compiler for the warp emulator")
+pytestmark = [pytest.mark.skipif(runner.compiler() is None, reason="no host C++ compiler for the warp emulator"),
+              pytest.mark.slow]  # an emulator sweep: CI's first stage
 
 
 def _forward(shape, dtype, rope="both", per_batch=False, mask="random", scale=None, seed=0):

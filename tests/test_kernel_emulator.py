@@ -24,7 +24,8 @@ import kernel_runner as kr  # noqa: E402
 from kernel_runner import fresh_config  # noqa: E402,F401  (autouse: a fresh emulator configuration per test)
 
 pytestmark = [pytest.mark.skipif(kr.compiler() is None, reason="no host C++ compiler for the warp emulator"),
-              pytest.mark.skipif(lk.LOAD_ERROR is not None, reason=f"extension not loaded: {lk.LOAD_ERROR}")]
+              pytest.mark.skipif(lk.LOAD_ERROR is not None, reason=f"extension not loaded: {lk.LOAD_ERROR}"),
+              pytest.mark.slow]  # an emulator sweep: CI's first stage
 
 
 

@@ -272,6 +272,7 @@ def test_sigmoid_schedule_params_reach_the_grid(pipe):
     assert (a - b).abs().max() > 1e-5
 
 
+@pytest.mark.slow
 def test_cli_entry_point(tmp_path):
     """The README's demo in fresh processes: `python -m lumina.pipelines.tiny DIR`, then
     `python -m lumina generate ... --model DIR` (the installed `lumina` script runs the same main)."""

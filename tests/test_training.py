@@ -146,6 +146,7 @@ def test_train_writes_log_checkpoints_and_a_pipeline(tmp_path, gemma):
     assert images[0].size == (16, 16)
 
 
+@pytest.mark.slow
 def test_resume_after_kill_9_continues_the_same_loss_curve(tmp_path, gemma):
     """Bitwise on CPU: kill -9 a run after its step-4 checkpoint, resume, compare with an uninterrupted run."""
     steps = 8
@@ -185,6 +186,7 @@ def test_resume_after_kill_9_continues_the_same_loss_curve(tmp_path, gemma):
         assert torch.equal(x, y), k
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
 def test_torchrun_two_cpu_processes(tmp_path, gemma, parallel):
     d = _cfg(tmp_path, gemma, train={"steps": 3, "save_every": 3, "parallel": parallel, "batch_size": 4})
