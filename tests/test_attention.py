@@ -193,10 +193,15 @@ def test_sdpa_backend_matches_reference(dtype, monkeypatch):
 
 @needs_ext
 def test_cpu_path_choice_is_explained():
-    q, k = torch.randn(1, 1024, 4, 72), torch.randn(1, 1024, 1, 72)
+    q, k = torch.randn(1, 1024, 4, 72), torch.randn(1, 1024, 2, 72)
     with torch.no_grad():  # long forward-only call: SDPA after RoPE measured faster
         d = lk.explain("attention", q, k, k)
         assert d.backend == "sdpa" and "measured faster" in dict(d.verdicts)["cpu"]
+        assert lk.explain("attention", q.bfloat16(), k.bfloat16(), k.bfloat16()).backend == "sdpa"
+        k1 = k[:, :, :1]  # fp32 with 4 query heads per KV head: the C++ kernel measured faster
+        assert lk.explain("attention", q, k1, k1).backend == "cpu"
+        qt, kt = q[:, :64], k[:, :64]  # tiny fp32 scores (64 x 64): C++
+        assert lk.explain("attention", qt, kt, kt).backend == "cpu"
     qs, ks = torch.randn(2, 97, 4, 72, requires_grad=True), torch.randn(2, 97, 1, 72)
     assert lk.explain("attention", qs, ks, ks).backend == "cpu"
     d = lk.explain("attention", q.double(), k.double(), k.double())

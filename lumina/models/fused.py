@@ -16,8 +16,8 @@ checkpoints, LoRA merging, the optimizer, EMA, DDP/FSDP, ``named_parameters``. T
 CPU only: on a GPU the separate GEMMs are already large and the cache would cost memory (about 2.3 GB for the 2B
 model in bf16), so CUDA tensors take the separate layers. Falls back to the separate layers (the unfused path,
 bitwise today's) when the layers are not plain ``nn.Linear`` without bias (peft's LoRA layers), under
-``torch.compile`` tracing, for inference tensors, or when turned off:
-``LUMINA_FUSED_GEMM=0`` in the environment, or ``lumina.models.fused.FUSED_GEMM = False`` at run time. Under
+``torch.compile`` tracing, for inference tensors, or when off (the default, see ``FUSED_GEMM``):
+``LUMINA_FUSED_GEMM=1`` in the environment, or ``lumina.models.fused.FUSED_GEMM = True`` at run time, turns it on. Under
 torch.distributed (FSDP reshards and refills weights in place) the inference path concatenates per call instead of
 caching. Cost: the cache is one extra copy of the fused weights (about 2/3 of a Next-DiT's parameters).
 """
@@ -31,7 +31,10 @@ from torch import Tensor, nn
 
 __all__ = ["FUSED_GEMM", "fused_linear", "clear_fused_cache"]
 
-FUSED_GEMM = os.environ.get("LUMINA_FUSED_GEMM", "1").strip().lower() not in ("0", "false", "off", "no")
+# Off by default: on a quiet 2-core CPU machine (benchmarks/step_ab.py, interleaved rounds) the fused step was slower
+# than the unfused one (per-round unfused / fused: median 0.92 at NextDiT_small, 0.98 at the 2B width with 2 layers):
+# the split outputs' copies cost what the larger GEMM saves. ``LUMINA_FUSED_GEMM=1`` turns it on.
+FUSED_GEMM = os.environ.get("LUMINA_FUSED_GEMM", "0").strip().lower() in ("1", "true", "on", "yes")
 _CACHE_ATTR = "_lumina_fused_cache"
 
 

@@ -66,11 +66,21 @@ def _attn_fits_cuda_kernel(inputs: dict) -> str | None:
 #   B=64 Hq=4 Hkv=2 D=64 L=64 (tiny)  6.8 / 10.9  6.0 / 16.0 11.0 / 19.3 | 19 / 49        19 / 94       32 / 110
 #   B=2 Hq=32 Hkv=8 D=72 Lq=512 Lk=128 (the 2B model's cross-attention, inside NextDiT)  fwd fp32 34.5 / 19.3
 # The C++ kernel wins small forward calls and whenever a backward follows, except bf16 on a CPU with AMX
-# tiles (oneDNN's AMX GEMMs in SDPA); SDPA wins large forward-only calls (inference). Forward only, the
-# crossover is put at B*Hq*Lq*Lk*D = 2^27 (between the tiny model's 6.7e7, C++ faster, and 3.0e8, SDPA faster);
-# with a backward at Lq * Lk = 512^2, between the measured 256^2 and 1024^2.
+# tiles (oneDNN's AMX GEMMs in SDPA); SDPA wins large forward-only calls (inference).
+# Forward only, re-measured on the same kind of machine when quiet (one process, medians of 15; ms, C++ / SDPA):
+#                                              fp32            bf16
+#   B=64 Hq=4 Hkv=2 D=64 L=64 (tiny)        8.3 / 11.4       7.8 / 5.8
+#   B=2 Hq=8 D=64 L=256 (small, self)       4.6 / 2.4        5.7 / 3.0
+#   B=2 Hq=8 D=64 Lq=256 Lk=32 (cross)      0.9 / 0.6        1.4 / 0.8
+#   B=2 Hq=8 D=64 L=1024                   68.9 / 36.7      70.8 / 39.2
+#   B=2 Hq=32 Hkv=8 D=72 L=256 (2B, self)  19.7 / 12.4      20.8 / 11.2
+#   B=2 Hq=32 Hkv=8 D=72 Lq=256 Lk=128     10.4 / 12.9      11.5 / 7.1   (2B cross-attention, GQA 4:1)
+# so forward only: SDPA for bf16, and for fp32 unless the scores are tiny (Lq*Lk <= 64^2) or GQA groups 4+
+# query heads per KV head (SDPA's fp32 GQA path is slower); fp16 (not re-measured) keeps the earlier crossover
+# B*Hq*Lq*Lk*D = 2^27. With a backward: Lq * Lk = 512^2, between the measured 256^2 and 1024^2.
 SDPA_MIN_SCORES = 512 * 512
 SDPA_MIN_FORWARD_WORK = 2 ** 27
+CPP_MAX_FORWARD_SCORES = 64 * 64
 
 
 def _has_amx() -> bool:
@@ -86,17 +96,26 @@ def _attn_cpu_slower(inputs: dict) -> str | None:
     q, k = inputs["x"], inputs["k"]
     n = q.shape[1] * k.shape[1]
     if not inputs["grad"]:
-        work = q.shape[0] * q.shape[2] * n * q.shape[3]
-        if work < SDPA_MIN_FORWARD_WORK:
-            return None
-        return (f"forward only with B*Hq*Lq*Lk*D = {work} >= 2^27: torch SDPA after RoPE measured faster "
-                "(L=1024 fp32 254 vs 301 ms, bf16 97 vs 283 ms; Lq=512 Lk=128 fp32 19 vs 35 ms)")
+        return _forward_cpu_slower(q, k, n)
     if n < SDPA_MIN_SCORES:
         return None
     if q.dtype == torch.bfloat16 and _has_amx():
         return (f"bf16 on a CPU with AMX, Lq*Lk = {n} >= 512^2: torch SDPA after RoPE measured faster "
                 "forward+backward (L=1024: 656 vs 837 ms)")
     return None
+
+
+def _forward_cpu_slower(q: Tensor, k: Tensor, n: int) -> str | None:
+    """Forward only: None when the C++ kernel measured faster (see the table above), else why SDPA runs."""
+    if q.dtype == torch.float16:
+        work = q.shape[0] * q.shape[2] * n * q.shape[3]
+        if work < SDPA_MIN_FORWARD_WORK:
+            return None
+        return f"fp16 forward only with B*Hq*Lq*Lk*D = {work} >= 2^27: torch SDPA after RoPE measured faster"
+    if q.dtype == torch.float32 and (n <= CPP_MAX_FORWARD_SCORES or q.shape[2] >= 4 * k.shape[2]):
+        return None
+    return (f"{str(q.dtype)[6:]} forward only, Lq*Lk = {n}, {q.shape[2]} query / {k.shape[2]} KV heads: torch SDPA "
+            "after RoPE measured faster (small model self-attention fp32 2.4 vs 4.6 ms, bf16 3.0 vs 5.7 ms)")
 
 
 def _attn_sdpa_check(inputs: dict) -> str | None:
