@@ -198,8 +198,9 @@ def test_cpu_path_choice_is_explained():
         d = lk.explain("attention", q, k, k)
         assert d.backend == "sdpa" and "measured faster" in dict(d.verdicts)["cpu"]
         assert lk.explain("attention", q.bfloat16(), k.bfloat16(), k.bfloat16()).backend == "sdpa"
-        k1 = k[:, :, :1]  # fp32 with 4 query heads per KV head: the C++ kernel measured faster
+        k1 = k[:, :512, :1]  # fp32 cross-attention with 4 query heads per KV head: the C++ kernel measured faster
         assert lk.explain("attention", q, k1, k1).backend == "cpu"
+        assert lk.explain("attention", q, k[:, :, :1], k[:, :, :1]).backend == "sdpa"  # self-attention GQA 4:1
         qt, kt = q[:, :64], k[:, :64]  # tiny fp32 scores (64 x 64): C++
         assert lk.explain("attention", qt, kt, kt).backend == "cpu"
     qs, ks = torch.randn(2, 97, 4, 72, requires_grad=True), torch.randn(2, 97, 1, 72)

@@ -75,8 +75,8 @@ def _attn_fits_cuda_kernel(inputs: dict) -> str | None:
 #   B=2 Hq=8 D=64 L=1024                   68.9 / 36.7      70.8 / 39.2
 #   B=2 Hq=32 Hkv=8 D=72 L=256 (2B, self)  19.7 / 12.4      20.8 / 11.2
 #   B=2 Hq=32 Hkv=8 D=72 Lq=256 Lk=128     10.4 / 12.9      11.5 / 7.1   (2B cross-attention, GQA 4:1)
-# so forward only: SDPA for bf16, and for fp32 unless the scores are tiny (Lq*Lk <= 64^2) or GQA groups 4+
-# query heads per KV head (SDPA's fp32 GQA path is slower); fp16 (not re-measured) keeps the earlier crossover
+# so forward only: SDPA for bf16, and for fp32 unless the scores are tiny (Lq*Lk <= 64^2) or a cross-attention
+# (Lk < Lq) groups 4+ query heads per KV head (SDPA's fp32 GQA path measured slower there); fp16 (not re-measured) keeps the earlier crossover
 # B*Hq*Lq*Lk*D = 2^27. With a backward: Lq * Lk = 512^2, between the measured 256^2 and 1024^2.
 SDPA_MIN_SCORES = 512 * 512
 SDPA_MIN_FORWARD_WORK = 2 ** 27
@@ -112,7 +112,8 @@ def _forward_cpu_slower(q: Tensor, k: Tensor, n: int) -> str | None:
         if work < SDPA_MIN_FORWARD_WORK:
             return None
         return f"fp16 forward only with B*Hq*Lq*Lk*D = {work} >= 2^27: torch SDPA after RoPE measured faster"
-    if q.dtype == torch.float32 and (n <= CPP_MAX_FORWARD_SCORES or q.shape[2] >= 4 * k.shape[2]):
+    if q.dtype == torch.float32 and (n <= CPP_MAX_FORWARD_SCORES or
+                                     (q.shape[2] >= 4 * k.shape[2] and k.shape[1] < q.shape[1])):
         return None
     return (f"{str(q.dtype)[6:]} forward only, Lq*Lk = {n}, {q.shape[2]} query / {k.shape[2]} KV heads: torch SDPA "
             "after RoPE measured faster (small model self-attention fp32 2.4 vs 4.6 ms, bf16 3.0 vs 5.7 ms)")
