@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 
 DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16",
@@ -146,17 +147,44 @@ def cmd_info(args) -> int:
     return info_main([]) or 0
 
 
+# argument names of the Python API that the generate options carry under other names
+_API_NAMES = {"cfg_scale": "--cfg", "channels": "--cfg-channels", "renorm": "--cfg-renorm",
+              "truncation": "--cfg-truncation", "num_images_per_prompt": "-n", "num_samples_per_prompt": "-n",
+              "lora_scale": "--lora-scale", "path": "--output", "output": "--output"}
+
+
+def _cli_message(message: str, parser: argparse.ArgumentParser) -> str:
+    """An API error message with `argument` names replaced by the CLI's option names (`--cfg`, not `cfg_scale`)."""
+    names = dict(_API_NAMES)
+    for action in parser._actions:
+        longs = [o for o in action.option_strings if o.startswith("--")]
+        if longs and action.dest not in names:
+            names[action.dest] = longs[0]
+    return re.sub(r"`([a-z_]+)`", lambda m: f"`{names[m.group(1)]}`" if m.group(1) in names else m.group(0), message)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="lumina", description="Lumina-Next (Next-DiT)")
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     sub = parser.add_subparsers(dest="command", required=True)
     _generate_parser(sub)
     _train_parser(sub)
     sub.add_parser("info", help="build and kernel information")
+    for name, sp in sub.choices.items():  # --debug after the command too
+        sp.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show the full traceback")
     args = parser.parse_args(argv)
     try:
         return {"generate": cmd_generate, "train": cmd_train, "info": cmd_info}[args.command](args)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"lumina {args.command}: error: {e}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print(f"lumina {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # one line, no traceback (--debug shows it)
+        if args.debug:
+            raise
+        kind = "" if isinstance(e, (ValueError, FileNotFoundError)) else f"{type(e).__name__}: "
+        sub_parser = sub.choices[args.command]
+        text = " ".join(str(e).split()) or type(e).__name__
+        print(f"lumina {args.command}: error: {kind}{_cli_message(text, sub_parser)}", file=sys.stderr)
         return 2
 
 

@@ -105,7 +105,9 @@ def attention(
         # zeros out, zero gradients, never NaN
         dead = ~keep.any(-1, keepdim=True)
         s = s.masked_fill(~(keep | dead), float("-inf"))
-        p = torch.softmax(s, dim=-1) * keep
+        p = torch.softmax(s, dim=-1).masked_fill(~keep, 0.0)
+        # masked keys contribute nothing, whatever they hold (a NaN there stays out of the output)
+        vc = vc.masked_fill(~key_padding_mask.to(torch.bool)[:, :, None, None], 0.0)
     else:
         p = torch.softmax(s, dim=-1)
     out = torch.einsum("bhqk,bkhd->bqhd", p.to(ct), vc)

@@ -194,15 +194,18 @@ def test_sdpa_backend_matches_reference(dtype, monkeypatch):
 @needs_ext
 def test_cpu_path_choice_is_explained():
     q, k = torch.randn(1, 1024, 4, 72), torch.randn(1, 1024, 2, 72)
-    with torch.no_grad():  # long forward-only call: SDPA after RoPE measured faster
-        d = lk.explain("attention", q, k, k)
+    f = rope_table(1024, 72)
+    with torch.no_grad():  # long forward-only self-attention: SDPA after RoPE measured faster
+        d = lk.explain("attention", q, k, k, q_freqs=f, k_freqs=f)
         assert d.backend == "sdpa" and "measured faster" in dict(d.verdicts)["cpu"]
-        assert lk.explain("attention", q.bfloat16(), k.bfloat16(), k.bfloat16()).backend == "sdpa"
-        k1 = k[:, :512, :1]  # fp32 cross-attention with 4 query heads per KV head: the C++ kernel measured faster
-        assert lk.explain("attention", q, k1, k1).backend == "cpu"
-        assert lk.explain("attention", q, k[:, :, :1], k[:, :, :1]).backend == "sdpa"  # self-attention GQA 4:1
-        qt, kt = q[:, :64], k[:, :64]  # tiny fp32 scores (64 x 64): C++
-        assert lk.explain("attention", qt, kt, kt).backend == "cpu"
+        qb, kb = q.bfloat16(), k.bfloat16()
+        assert lk.explain("attention", qb, kb, kb, q_freqs=f, k_freqs=f).backend == "sdpa"
+        k1 = k[:, :, :1]  # GQA 4:1 self-attention too
+        assert lk.explain("attention", q, k1, k1, q_freqs=f, k_freqs=f).backend == "sdpa"
+        # cross-attention to unrotated (caption) keys: the C++ kernel, exact under caption padding
+        assert lk.explain("attention", q, k1[:, :128], k1[:, :128], q_freqs=f).backend == "cpu"
+        qt, kt, ft = q[:, :64], k[:, :64], f[:64]  # tiny fp32 scores (64 x 64): C++
+        assert lk.explain("attention", qt, kt, kt, q_freqs=ft, k_freqs=ft).backend == "cpu"
     qs, ks = torch.randn(2, 97, 4, 72, requires_grad=True), torch.randn(2, 97, 1, 72)
     assert lk.explain("attention", qs, ks, ks).backend == "cpu"
     d = lk.explain("attention", q.double(), k.double(), k.double())

@@ -254,7 +254,7 @@ def test_cli_generate_writes_pngs(pipe_dir, tmp_path, capsys):
 
 def test_cli_errors(pipe_dir, tmp_path, capsys):
     assert cli_main(["generate", "a", "--model", str(pipe_dir), "--height", "30", "-o", str(tmp_path / "a.png")]) == 2
-    assert "`height` must be a positive multiple of 4" in capsys.readouterr().err
+    assert "`--height` must be a positive multiple of 4" in capsys.readouterr().err  # the CLI's option names
     assert cli_main(["generate", "a", "--model", str(tmp_path / "none")]) == 2
     assert "does not exist" in capsys.readouterr().err
     assert cli_main(["generate", "a", "--model", str(pipe_dir), "-o", str(tmp_path / "a.jpg")]) == 2

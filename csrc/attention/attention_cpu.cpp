@@ -137,18 +137,19 @@ LUMINA_INLINE void fwd_tile_impl(const FwdTile& t) {
   scores(t.Q, t.ld, t.M, t.KT, t.D, t.S);
   for (int64_t i = 0; i < t.M; ++i) {
     float* s = t.S + i * BK;
-    if (t.bias)
-      for (int64_t j = 0; j < t.n; ++j) s[j] += t.bias[j];
+    if (t.bias)  // masked keys: -inf exactly (their K rows are zeros, but a NaN query would still give NaN + -inf)
+      for (int64_t j = 0; j < t.n; ++j) s[j] = t.bias[j] == 0.f ? s[j] : kNegInf;
+    // NaN-propagating max: a NaN score (a NaN or inf in q or an unmasked key) makes the row NaN, as the reference
     float mx = t.m[i];
     if (t.n == BK) {  // full tile: vector max
       vf16 v = *reinterpret_cast<const vf16u*>(s);
       for (int64_t j = 16; j < BK; j += 16) {
         const vf16 w = *reinterpret_cast<const vf16u*>(s + j);
-        v = w > v ? w : v;
+        v = (w > v) | (w != w) ? w : v;
       }
-      for (int j = 0; j < 16; ++j) mx = v[j] > mx ? v[j] : mx;
+      for (int j = 0; j < 16; ++j) mx = (v[j] > mx || v[j] != v[j]) ? v[j] : mx;
     } else {
-      for (int64_t j = 0; j < t.n; ++j) mx = s[j] > mx ? s[j] : mx;
+      for (int64_t j = 0; j < t.n; ++j) mx = (s[j] > mx || s[j] != s[j]) ? s[j] : mx;
     }
     if (mx == kNegInf) {  // every key so far masked: nothing to add
       for (int64_t j = 0; j < t.n; ++j) s[j] = 0.f;
@@ -291,11 +292,18 @@ bool load_key_tile(const AttentionParams& p, int64_t b, int64_t h, int64_t j0, i
     const int64_t off = ((b * p.k_len + j0 + j) * Hkv + h) * D;
     const float* f = table_row(p.k_freqs, p.k_freqs_per_batch, b, p.k_len, j0 + j, D);
     float* kr = K ? K + j * ld : tmp;
-    load_row(kr, k + off, D, f, 1.f, false);
+    const bool masked = p.mask && !p.mask[b * p.k_len + j0 + j];  // never read: a NaN there contributes nothing
+    if (masked)
+      std::fill(kr, kr + D, 0.f);
+    else
+      load_row(kr, k + off, D, f, 1.f, false);
     if (KT)
       for (int64_t d = 0; d < D; ++d) KT[d * BK + j] = kr[d];
     float* vr = V ? V + j * ld : tmp;
-    load_row(vr, v + off, D, nullptr, 1.f, false);
+    if (masked)
+      std::fill(vr, vr + D, 0.f);
+    else
+      load_row(vr, v + off, D, nullptr, 1.f, false);
     if (VT)
       for (int64_t d = 0; d < D; ++d) VT[d * BK + j] = vr[d];
   }

@@ -10,6 +10,7 @@ Merging adds ``(lora_alpha / r) * B @ A`` to each target ``MODULE.weight`` (peft
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 
@@ -40,8 +41,15 @@ def merge_lora(model: torch.nn.Module, path, scale: float = 1.0) -> list[str]:
 
     Every adapter module must exist in the model with a matching shape, else ValueError naming it.
     """
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
+        raise ValueError(f"`lora_scale` must be a finite number, got {scale!r}")
     cfg, weights = read_adapter(path)
-    factor = scale * float(cfg["lora_alpha"]) / float(cfg["r"])
+    r, alpha = cfg.get("r"), cfg.get("lora_alpha")
+    if isinstance(r, bool) or not isinstance(r, int) or r < 1:
+        raise ValueError(f"LoRA adapter {os.fspath(path)!r}: `r` (the rank) must be an integer >= 1, got {r!r}")
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not math.isfinite(alpha):
+        raise ValueError(f"LoRA adapter {os.fspath(path)!r}: `lora_alpha` must be a finite number, got {alpha!r}")
+    factor = scale * float(alpha) / float(r)
     modules = dict(model.named_modules())
     names = sorted({k[: -len(".lora_A.weight")] for k in weights if k.endswith(".lora_A.weight")})
     if not names:

@@ -141,7 +141,10 @@ class RopeScaling:
         if scale <= 0:
             raise ValueError(f"`scale` must be > 0, got {scale}")
         object.__setattr__(self, "scale", scale)
-        object.__setattr__(self, "scale_watershed", _real(self.scale_watershed, "scale_watershed"))
+        watershed = _real(self.scale_watershed, "scale_watershed")
+        if not 0.0 <= watershed <= 1.0:
+            raise ValueError(f"`scale_watershed` must be a time in [0, 1], got {watershed}")
+        object.__setattr__(self, "scale_watershed", watershed)
         train_len = _int(self.train_len, "train_len", minimum=1)
         if self.method == "frequency_aware" and train_len <= 2 * math.pi:
             raise ValueError(f"`train_len` must exceed 2*pi (one wavelength of the fastest frequency) for "

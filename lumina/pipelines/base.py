@@ -27,7 +27,11 @@ from ..pipeline_dir import PipelineConfig
 from ..sampling import SCHEDULES, SOLVERS, ContextDrop, GraphedVelocity, Guidance, sample
 from . import results
 
-__all__ = ["FlowPipeline", "Settings", "pipeline_class", "register_pipeline"]
+__all__ = ["FlowPipeline", "Settings", "NonFiniteError", "pipeline_class", "register_pipeline"]
+
+
+class NonFiniteError(FloatingPointError):
+    """The model produced NaN or inf: the message names where and the likely cause; nothing is saved."""
 
 _PIPELINE_CLASSES: dict[str, type] = {}
 
@@ -42,6 +46,24 @@ def pipeline_class(modality: str) -> type:
     if modality not in _PIPELINE_CLASSES:
         raise ValueError(f"no pipeline for the modality {modality!r}; pipelines exist for {sorted(_PIPELINE_CLASSES)}")
     return _PIPELINE_CLASSES[modality]
+
+
+def _device(device) -> torch.device:
+    """The device to run on (default: cuda when available); ValueError naming `device` when it is not usable."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise ValueError(f"`device` must be cpu, cuda or cuda:N, got {device!r}") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"`device` is {device!r} but no CUDA GPU is available to torch")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"`device` is {device!r} but only {torch.cuda.device_count()} CUDA GPU(s) are visible")
+    elif dev.type not in ("cpu", "mps", "xpu"):
+        raise ValueError(f"`device` must be cpu, cuda or cuda:N, got {device!r}")
+    return dev
 
 
 def _default_dtype(device: torch.device) -> torch.dtype:
@@ -122,9 +144,11 @@ class FlowPipeline:
         by ``lumina train``) merged into the transformer's weights, times ``lora_scale``.
         """
         root = Path(os.fspath(path)).expanduser()
+        if root.is_file():
+            raise FileNotFoundError(f"the model {str(root)!r} is a file; expected a pipeline directory")
         if not root.is_dir():
             raise FileNotFoundError(f"pipeline directory {str(root)!r} does not exist")
-        device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
+        device = _device(device)
         dtype = dtype or _default_dtype(device)
         config = PipelineConfig.load(root)
         transformer = cls._load_transformer(root, config, lora, lora_scale, ema).to(device=device, dtype=dtype)
@@ -266,6 +290,15 @@ class FlowPipeline:
             raise ValueError(f"`cfg_channels` guides latent channels along dim 1; the {self.modality!r} latents "
                              f"keep channels in dim {self.channel_axis}")
         guidance = Guidance(d.cfg if cfg is None else cfg, cfg_channels, cfg_renorm, cfg_truncation)
+        if guidance.channels is not None and guidance.channels > self.transformer.config.in_channels:
+            raise ValueError(f"`cfg_channels` = {guidance.channels} exceeds the model's "
+                             f"{self.transformer.config.in_channels} latent channels")
+        context_drop = ContextDrop.parse(d.context_drop if context_drop is None else context_drop)
+        if context_drop is not None:
+            context_drop.check_layers(self.transformer.config.n_layers)
+        if compile not in (False, None, True) and (not isinstance(compile, str) or compile not in _backends()):
+            raise ValueError(f"`compile` must be a bool or a torch.compile backend ({', '.join(_backends())}), "
+                             f"got {compile!r}")
         proportional_attn = d.proportional_attn if proportional_attn is None else proportional_attn
         return Settings(steps=d.steps if steps is None else steps, solver=solver, schedule=schedule,
                         shift=d.shift if shift is None else shift,
@@ -273,7 +306,7 @@ class FlowPipeline:
                         scaling=self._rope_scaling(rope_method, size,
                                                    d.scale_watershed if scale_watershed is None else scale_watershed),
                         base_seq_len=self._base_seq_len(size) if proportional_attn else None,
-                        context_drop=ContextDrop.parse(d.context_drop if context_drop is None else context_drop),
+                        context_drop=context_drop,
                         cuda_graphs=cuda_graphs, compile=compile)
 
     def _rope_scaling(self, method: str, size: tuple[int, ...], watershed: float) -> RopeScaling:
@@ -313,12 +346,25 @@ class FlowPipeline:
         B = len(prompts)
         feats, mask = self.encode_prompts(prompts, negatives if s.guidance.guided else None)
         velocity, run = self._velocity(s, B, size, feats, mask)
-        latents = self._sample(velocity, s, (B, *latent), seed, generator, progress, callback, run)
+        latents = self._sample(velocity, s, (B, *latent), seed, generator, progress, _checked_first(callback, self),
+                               run)
         self.last_run = run
+        if not bool(torch.isfinite(latents).all()):
+            raise NonFiniteError(f"the sampled latents hold NaN or inf: {self.non_finite_cause()}")
         if output_type == "latent":
             return latents
         decoded = self.codec.decode(latents.float())
         return decoded if output_type == "pt" else self.result_type.from_samples(decoded, self.config)
+
+    def non_finite_cause(self) -> str:
+        """The likely cause of a NaN / inf output, for the error message."""
+        bad = [n for n, p in self.transformer.named_parameters() if not bool(torch.isfinite(p).all())]
+        if bad:
+            return (f"the transformer's weights hold NaN or inf ({len(bad)} tensors, e.g. {bad[0]}): a corrupt "
+                    "checkpoint, or a LoRA merged with a bad scale")
+        if self.dtype == torch.float16:
+            return "float16 overflowed: run in bfloat16 or float32 (`dtype=`, `--dtype`)"
+        return f"the model diverged in {self.dtype} (weights finite): check the checkpoint, cfg and solver settings"
 
     def _batch(self, prompts, negatives, n: int) -> tuple[list[str], list[str]]:
         """Prompts and negatives repeated n times each (an unconditional model: n empty prompts)."""
@@ -427,6 +473,25 @@ class FlowPipeline:
         size = self.default_sample_size() if size is None else _size(size)
         return self.generate_samples(prompts, negatives, size, num_samples_per_prompt, output_type=output_type,
                                      **kwargs)
+
+
+def _backends() -> list[str]:
+    import torch._dynamo
+
+    return sorted(torch._dynamo.list_backends(exclude_tags=()))
+
+
+def _checked_first(callback, pipe: "FlowPipeline"):
+    """The solver callback, with the state after the first step checked for NaN / inf (one host read per call,
+    cheap) so a broken model fails at its first evaluation instead of after the whole run."""
+    def checked(i, t, x):
+        if i == 0 and not bool(torch.isfinite(x).all()):
+            raise NonFiniteError(f"the first solver step (the first model outputs) gave NaN or inf: "
+                                 f"{pipe.non_finite_cause()}")
+        if callback is not None:
+            callback(i, t, x)
+
+    return checked
 
 
 def _size(size) -> tuple[int, ...]:

@@ -35,7 +35,7 @@ def check_output(result_type, path) -> Path:
     out = Path(os.fspath(path))
     if out.suffix.lower() not in result_type.SUFFIXES:
         want = " or ".join(result_type.SUFFIXES)
-        raise ValueError(f"`--output` / `path` must end in {want} for {result_type.__name__}, got {str(out)!r}")
+        raise ValueError(f"`path` must end in {want} for {result_type.__name__}, got {str(out)!r}")
     return out
 
 

@@ -129,6 +129,8 @@ class ContextDrop:
                     if "=" not in item:
                         raise ValueError(f"context_drop spec items must be key=value, got {item!r} in {value!r}")
                     k, v = (p.strip() for p in item.split("=", 1))
+                    if k in kw:
+                        raise ValueError(f"context_drop spec gives `{k}` twice ({kw[k]!r} and {v!r}) in {value!r}")
                     kw[k] = v
                 return cls.parse(kw)
         elif isinstance(value, int) and not isinstance(value, bool):
@@ -147,6 +149,16 @@ class ContextDrop:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def check_layers(self, n_layers: int) -> None:
+        """ValueError unless ``layers`` selects at least one of the model's ``n_layers`` blocks, within range."""
+        if self.layers is None:
+            return
+        for v in self.layers:
+            if v is not None and not -n_layers <= v <= n_layers:
+                raise ValueError(f"context_drop `layers` {self.layers} is outside the model's {n_layers} layers")
+        if len(range(n_layers)[slice(*self.layers)]) == 0:
+            raise ValueError(f"context_drop `layers` {self.layers} selects none of the model's {n_layers} layers")
 
     # -- the schedule ----------------------------------------------------------------------------
     def active(self, t: float) -> bool:

@@ -22,6 +22,7 @@ import os
 import re
 import shutil
 import time
+import warnings
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -139,6 +140,7 @@ class Trainer:
         # the training randomness (noise, t, caption dropout) has its own generator, saved with the checkpoint
         self.gen = torch.Generator().manual_seed(t.seed * 1000003 + self.rank)
         self.step = 0
+        self.written: list[Path] = []  # the checkpoints this run wrote: the only ones keep_last may delete
 
     # -- setup helpers -------------------------------------------------------------------------
     def _image_dataset(self, source: Path, patch_multiple: int):
@@ -344,7 +346,9 @@ class Trainer:
         state = {"step": self.step, "optimizer": opt_state, "scheduler": self.sched.state_dict(),
                  "data": loader_state(self.loader), "rng": rng, "world_size": self.world,
                  "config": self.cfg.to_dict()}
-        final = ckpt_io.write_checkpoint(self.ckpt_root, self.step, write_model, state, self.cfg.train.keep_last)
+        final = ckpt_io.write_checkpoint(self.ckpt_root, self.step, write_model, state)
+        self.written.append(final)
+        ckpt_io.prune(self.ckpt_root, self.cfg.train.keep_last, self.written)  # only this run's own checkpoints
         if self.world > 1:
             dist.barrier()
         return final
@@ -352,9 +356,15 @@ class Trainer:
     def latest_checkpoint(self) -> Path | None:
         return ckpt_io.latest_checkpoint(self.ckpt_root)
 
-    def load_checkpoint(self, path: Path) -> None:
+    def read_checkpoint_files(self, path: Path) -> tuple[dict, dict, dict]:
+        """(trainer state, model state, EMA state) of a checkpoint, every file read before anything is applied:
+        a corrupt file raises here and leaves the run untouched."""
+        if not (path / ckpt_io.STATE_FILE).is_file():
+            raise FileNotFoundError(f"checkpoint {str(path)!r} has no {ckpt_io.STATE_FILE}")
         state = ckpt_io.read_state(path)
-        if state["world_size"] != self.world:
+        if not isinstance(state, dict) or not {"step", "optimizer", "scheduler", "rng"} <= set(state):
+            raise ValueError(f"{path / ckpt_io.STATE_FILE} is not a lumina trainer state")
+        if state.get("world_size", 1) != self.world:
             raise ConfigError(f"checkpoint {path} was written with {state['world_size']} processes, this run has "
                               f"{self.world}: exact resume needs the same number")
         if self.cfg.lora is not None:
@@ -362,6 +372,43 @@ class Trainer:
         else:
             model_state = read_checkpoint(path, ema=False)[1]  # native (or an earlier run's official) files
             ema_state = read_checkpoint(path, ema=True)[1]
+        return state, model_state, ema_state
+
+    def load_checkpoint(self, path: Path) -> None:
+        self._apply_checkpoint(*self.read_checkpoint_files(path))
+
+    def resume(self) -> Path | None:
+        """Resume per ``train.resume``: a directory, or ``auto``: the checkpoint ``latest`` names, else (a missing,
+        dangling or corrupt pointer, or files that do not read) the newest complete one, with a warning naming what
+        was wrong. Returns the checkpoint resumed from (None: a fresh start)."""
+        resume = self.cfg.train.resume
+        if not resume:
+            return None
+        if resume != "auto":
+            path = resolve_path(resume)
+            self.load_checkpoint(path)
+            return path
+        candidates, problems = ckpt_io.resume_candidates(self.ckpt_root)
+        for path in candidates:
+            try:
+                loaded = self.read_checkpoint_files(path)
+            except ConfigError:
+                raise
+            except Exception as e:  # corrupt or truncated files: try the next older checkpoint
+                problems.append(f"{path.name} could not be read ({type(e).__name__}: {e})")
+                continue
+            if problems and self.main:
+                warnings.warn(f"resuming from {path}: {'; '.join(problems)}", RuntimeWarning, stacklevel=2)
+            self._apply_checkpoint(*loaded)
+            return path
+        if candidates:
+            raise ConfigError(f"no checkpoint in {self.ckpt_root} could be read: {'; '.join(problems)}. Set "
+                              "`train.resume=null` to start afresh (earlier checkpoints are never deleted)")
+        if problems and self.main:
+            warnings.warn(f"starting from step 0: {'; '.join(problems)}", RuntimeWarning, stacklevel=2)
+        return None
+
+    def _apply_checkpoint(self, state: dict, model_state: dict, ema_state: dict) -> None:
         self._set_model_state(model_state, strict=self.cfg.lora is None)
         names = [n for n, p in self.model.named_parameters() if p.requires_grad]
         with torch.no_grad():
@@ -400,22 +447,31 @@ class Trainer:
 
     # -- the loop ------------------------------------------------------------------------------
     def _batches(self):
-        return (batch for batch in epochs(self.loader) if batch is not None)  # None: every image unreadable
+        """The batches, epoch after epoch; a whole epoch of unreadable items (every batch None) raises."""
+        empty, limit = 0, len(self.loader) + 1
+        for batch in epochs(self.loader):
+            if batch is not None:
+                empty = 0
+                yield batch
+                continue
+            empty += 1
+            if empty >= limit:
+                raise ConfigError(self._unreadable())
+
+    def _unreadable(self) -> str:
+        n = len(self.dataset)
+        for i in range(min(n, 3)):  # this process's own reasons (workers keep theirs)
+            self.dataset[i]
+        why = "; ".join(f"{p}: {e}" for p, e in list(self.dataset.errors.items())[:3])
+        return (f"`data`: none of the {n} items could be read (tried every item of a whole epoch); "
+                f"for example {why or 'see the warnings above'}")
 
     def train(self) -> dict:
         t = self.cfg.train
-        resume = t.resume
-        if resume == "auto":
-            path = self.latest_checkpoint()
-        elif resume:
-            path = resolve_path(resume)
-        else:
-            path = None
-        if path is not None:
-            self.load_checkpoint(path)
+        self.resume()
         log_path = self.out / LOG_FILE
         if self.main:
-            ckpt_io.start_log(log_path, self.step)
+            ckpt_io.start_log(log_path)
         bar = None
         if self.main and t.progress:
             from tqdm.auto import tqdm

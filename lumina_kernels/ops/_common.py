@@ -44,3 +44,12 @@ def _no_host_sync() -> bool:
     if torch.compiler.is_compiling():
         return True
     return torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
+
+
+def _no_double_backward(op: str) -> None:
+    """Called first in a backward whose kernel is not differentiable: under ``create_graph=True`` (grad mode on
+    inside the backward) a second derivative would silently be zero, so refuse it by name."""
+    if torch.is_grad_enabled():
+        raise RuntimeError(f"lumina_kernels.{op}: double backward (create_graph=True) is not supported by its kernel, "
+                           "whose backward is not differentiable; use float64 inputs (the differentiable PyTorch "
+                           "reference) for higher derivatives")

@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from .. import _ext, dispatch, reference
-from ._common import _no_host_sync, _same_device, _tensor
+from ._common import _no_double_backward, _no_host_sync, _same_device, _tensor
 from .rope import apply_rope
 
 __all__ = ["attention"]
@@ -75,8 +75,10 @@ def _attn_fits_cuda_kernel(inputs: dict) -> str | None:
 #   B=2 Hq=8 D=64 L=1024                   68.9 / 36.7      70.8 / 39.2
 #   B=2 Hq=32 Hkv=8 D=72 L=256 (2B, self)  19.7 / 12.4      20.8 / 11.2
 #   B=2 Hq=32 Hkv=8 D=72 Lq=256 Lk=128     10.4 / 12.9      11.5 / 7.1   (2B cross-attention, GQA 4:1)
-# so forward only: SDPA for bf16, and for fp32 unless the scores are tiny (Lq*Lk <= 64^2) or a cross-attention
-# (Lk < Lq) groups 4+ query heads per KV head (SDPA's fp32 GQA path measured slower there); fp16 (not re-measured) keeps the earlier crossover
+# so forward only: SDPA for bf16, and for fp32 unless the scores are tiny (Lq*Lk <= 64^2); cross-attention to
+# unrotated keys (no k table: a caption, padded to length buckets under CUDA graphs) stays on the C++ kernel, whose
+# masked keys add exact zeros, so padding changes no bit of the result (and it measured faster for the 2B model's
+# GQA 4:1 cross-attention in fp32); fp16 (not re-measured) keeps the earlier crossover
 # B*Hq*Lq*Lk*D = 2^27. With a backward: Lq * Lk = 512^2, between the measured 256^2 and 1024^2.
 SDPA_MIN_SCORES = 512 * 512
 SDPA_MIN_FORWARD_WORK = 2 ** 27
@@ -96,7 +98,7 @@ def _attn_cpu_slower(inputs: dict) -> str | None:
     q, k = inputs["x"], inputs["k"]
     n = q.shape[1] * k.shape[1]
     if not inputs["grad"]:
-        return _forward_cpu_slower(q, k, n)
+        return _forward_cpu_slower(q, k, n, inputs["k_freqs"] is not None)
     if n < SDPA_MIN_SCORES:
         return None
     if q.dtype == torch.bfloat16 and _has_amx():
@@ -105,15 +107,17 @@ def _attn_cpu_slower(inputs: dict) -> str | None:
     return None
 
 
-def _forward_cpu_slower(q: Tensor, k: Tensor, n: int) -> str | None:
-    """Forward only: None when the C++ kernel measured faster (see the table above), else why SDPA runs."""
+def _forward_cpu_slower(q: Tensor, k: Tensor, n: int, rotated_keys: bool) -> str | None:
+    """Forward only: None when the C++ kernel measured faster or must run (see the table above), else why SDPA
+    runs."""
+    if not rotated_keys:
+        return None
     if q.dtype == torch.float16:
         work = q.shape[0] * q.shape[2] * n * q.shape[3]
         if work < SDPA_MIN_FORWARD_WORK:
             return None
         return f"fp16 forward only with B*Hq*Lq*Lk*D = {work} >= 2^27: torch SDPA after RoPE measured faster"
-    if q.dtype == torch.float32 and (n <= CPP_MAX_FORWARD_SCORES or
-                                     (q.shape[2] >= 4 * k.shape[2] and k.shape[1] < q.shape[1])):
+    if q.dtype == torch.float32 and n <= CPP_MAX_FORWARD_SCORES:
         return None
     return (f"{str(q.dtype)[6:]} forward only, Lq*Lk = {n}, {q.shape[2]} query / {k.shape[2]} KV heads: torch SDPA "
             "after RoPE measured faster (small model self-attention fp32 2.4 vs 4.6 ms, bf16 3.0 vs 5.7 ms)")
@@ -253,6 +257,7 @@ if _ext.LOAD_ERROR is None:
         ctx.save_for_backward(q, k, v, out, lse, q_freqs, k_freqs, mask)
 
     def _attn_backward(ctx, grad_out, grad_lse):
+        _no_double_backward("attention")
         # lse is an auxiliary output for the backward pass: its gradient is not propagated.
         q, k, v, out, lse, q_freqs, k_freqs, mask = ctx.saved_tensors
         if grad_out is None:

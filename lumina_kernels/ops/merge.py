@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from .. import _ext, dispatch, reference
-from ._common import _no_host_sync, _same_device, _tensor
+from ._common import _no_double_backward, _no_host_sync, _same_device, _tensor
 
 __all__ = ["merge_tokens"]
 
@@ -151,6 +151,7 @@ if _ext.LOAD_ERROR is None:
         ctx.save_for_backward(mask, output[1])
 
     def _merge_backward(ctx, grad_out, grad_count):
+        _no_double_backward("merge_tokens")
         mask, count = ctx.saved_tensors
         gx = torch.ops.lumina.merge_tokens_backward(grad_out.contiguous(), mask, count, ctx.grid, ctx.factor)
         return gx, None, None, None
@@ -170,6 +171,7 @@ if _ext.LOAD_ERROR is None:
         ctx.save_for_backward(mask, cells, output[1])
 
     def _merge_cells_backward(ctx, grad_out, grad_count):
+        _no_double_backward("merge_tokens")
         mask, cells, count = ctx.saved_tensors
         gx = torch.ops.lumina.merge_tokens_cells_backward(grad_out.contiguous(), mask, count, cells)
         return gx, None, None, None

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from .. import _ext, dispatch, reference
-from ._common import _eps, _same_device, _tensor
+from ._common import _eps, _no_double_backward, _same_device, _tensor
 
 __all__ = ["rms_norm", "modulated_rms_norm", "gated_rms_norm_residual"]
 
@@ -150,6 +150,7 @@ if _ext.LOAD_ERROR is None:
         ctx.has_residual = residual is not None
 
     def _norm_backward(ctx, grad_out, grad_rstd):
+        _no_double_backward("rms_norm")
         x, weight, scale, gate, rstd = ctx.saved_tensors
         if grad_out is None:
             grad_out = torch.zeros_like(x)

@@ -169,10 +169,12 @@ LUMINA_DEV float shfl_xor(float v, int mask) {
   return __shfl_xor_sync(0xffffffffu, v, mask);
 #endif
 }
+// max that propagates NaN (fmaxf drops it): a NaN score makes its row NaN, as the reference does
+LUMINA_DEV float nan_max(float a, float b) { return (a > b || a != a) ? a : b; }
 // Max and sum over the four threads of a quad (the threads that share a row of a C fragment).
 LUMINA_DEV float quad_max(float v) {
-  v = fmaxf(v, shfl_xor(v, 1));
-  return fmaxf(v, shfl_xor(v, 2));
+  v = nan_max(v, shfl_xor(v, 1));
+  return nan_max(v, shfl_xor(v, 2));
 }
 LUMINA_DEV float quad_sum(float v) {
   v += shfl_xor(v, 1);

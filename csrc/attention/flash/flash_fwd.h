@@ -73,12 +73,12 @@ LUMINA_DEV void fwd_block(const AttentionParams& p, char* smem) {
       for (int e = 0; e < 4; ++e) {
         const bool ok = ld_shared<float>(sValid + nt * 8 + 2 * t + (e & 1)) != 0.f;
         s[nt][e] = ok ? s[nt][e] * scale_log2 : -INFINITY;
-        mx[e / 2] = fmaxf(mx[e / 2], s[nt][e]);
+        mx[e / 2] = nan_max(mx[e / 2], s[nt][e]);
       }
     float m_use[2];
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
-      const float m_new = fmaxf(m_run[r], quad_max(mx[r]));
+      const float m_new = nan_max(m_run[r], quad_max(mx[r]));
       m_use[r] = m_new == -INFINITY ? 0.f : m_new;  // no key yet: keep exp2 finite (every p is 0)
       const float alpha = fast_exp2(m_run[r] - m_use[r]);
       m_run[r] = m_new;

@@ -95,6 +95,8 @@ class ImageCaptionDataset(torch.utils.data.Dataset):
         #: Images in a source folder skipped at indexing because they have no sibling ``.txt`` caption.
         self.missing_captions = 0
         self._warned: set[str] = set()
+        #: path -> why it could not be read (this process's failures)
+        self.errors: dict[str, str] = {}
 
         if buckets is None:
             self.buckets = make_buckets(self.resolution, self.patch_multiple, max_tokens)
@@ -211,6 +213,7 @@ class ImageCaptionDataset(torch.utils.data.Dataset):
     def _bad(self, i: int, err: BaseException) -> None:
         self.skipped += 1
         name = str(self._paths[i])
+        self.errors[name] = f"{type(err).__name__}: {err}"
         if name not in self._warned:
             self._warned.add(name)
             warnings.warn(f"skipping unreadable image {name!r}: {type(err).__name__}: {err}", RuntimeWarning)

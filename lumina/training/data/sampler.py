@@ -36,9 +36,18 @@ def make_loader(dataset, batch_size: int, *, seed: int = 0, rank: int = 0, world
 
 
 def epochs(loader: StatefulDataLoader) -> Iterator:
-    """The loader's batches, epoch after epoch (a restored loader first finishes its saved epoch)."""
+    """The loader's batches, epoch after epoch (a restored loader first finishes its saved epoch). A loader that
+    yields nothing for two epochs running (an empty shard) raises instead of spinning."""
+    idle = 0
     while True:
-        yield from loader
+        got = False
+        for batch in loader:
+            got = True
+            yield batch
+        idle = 0 if got else idle + 1
+        if idle >= 2:  # one empty pass is a restored loader at its epoch's end
+            raise ValueError(f"the data loader yields no batch: {len(loader.dataset)} items, rank "
+                             f"{loader.sampler.rank} of {loader.sampler.num_replicas}")
         loader.sampler.set_epoch(loader.sampler.epoch + 1)
 
 

@@ -39,6 +39,7 @@ class TensorCaptionDataset(torch.utils.data.Dataset):
         self.sample_rank = int(sample_rank)
         self.skipped = 0
         self._warned: set[str] = set()
+        self.errors: dict[str, str] = {}  # path -> why it could not be read (this process's failures)
         if not self.source.is_file() or self.source.suffix.lower() not in (".jsonl", ".ndjson"):
             raise ValueError(f"`data.source` {str(self.source)!r} must be a JSONL file of {{path, caption}} records "
                              f"for tensor samples ({' or '.join(TENSOR_EXTENSIONS)} files)")
@@ -86,6 +87,7 @@ class TensorCaptionDataset(torch.utils.data.Dataset):
         except Exception as e:
             self.skipped += 1
             name = str(self._paths[i])
+            self.errors[name] = f"{type(e).__name__}: {e}"
             if name not in self._warned:
                 self._warned.add(name)
                 warnings.warn(f"skipping unreadable sample {name!r}: {type(e).__name__}: {e}", RuntimeWarning)
