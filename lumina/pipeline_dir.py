@@ -62,15 +62,38 @@ class PipelineConfig:
 
     @classmethod
     def load(cls, path: Path) -> "PipelineConfig":
+        """The directory's config (defaults when it has none); ValueError naming the file and the key for invalid
+        JSON, a value of the wrong type or an unknown key."""
         file = path / PIPELINE_CONFIG
         if not file.is_file():
             return cls()
-        with open(file) as f:
-            return _from_dict(cls, json.load(f), str(file))
+        try:
+            with open(file) as f:
+                d = json.load(f)
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ValueError(f"{file}: not valid JSON ({e})") from None
+        if not isinstance(d, dict):
+            raise ValueError(f"{file}: must be a JSON object of settings, got {type(d).__name__}")
+        return _validated(cls, d, str(file))
 
     def save(self, path: Path) -> None:
         with open(path / PIPELINE_CONFIG, "w") as f:
             json.dump(asdict(self), f, indent=2)
+
+
+def _validated(cls, d: dict, where: str):
+    """``cls`` from ``d``: unknown keys refused, every value checked against its annotation (pydantic)."""
+    from pydantic import TypeAdapter, ValidationError
+
+    _from_dict(cls, d, where)  # unknown keys, with the known ones listed
+    if isinstance(d.get("defaults"), dict):
+        _from_dict(GenerationDefaults, d["defaults"], f"{where}: defaults")
+    try:
+        return TypeAdapter(cls).validate_python(d)
+    except ValidationError as e:
+        err = e.errors()[0]
+        key = ".".join(str(x) for x in err["loc"])
+        raise ValueError(f"{where}: `{key}`: {err['msg']}, got {err.get('input')!r}") from None
 
 
 def _from_dict(cls, d: dict, where: str):

@@ -248,9 +248,19 @@ def config_from_official_args(args, path: Path) -> NextDiTConfig:
 # ------------------------------------------------------------------------------------------------
 # file reading
 # ------------------------------------------------------------------------------------------------
+def read_safetensors(file) -> dict[str, torch.Tensor]:
+    """A safetensors file's tensors; CheckpointError naming the file when it is truncated or not safetensors."""
+    try:
+        return load_file(str(file))
+    except FileNotFoundError:
+        raise
+    except Exception as e:  # SafetensorError (a bad header, a cut file), OSError
+        raise CheckpointError(f"{file}: not a readable safetensors file ({' '.join(str(e).split())})") from None
+
+
 def _read_weights(file: Path) -> dict[str, torch.Tensor]:
     if file.suffix == ".safetensors":
-        return load_file(str(file))
+        return read_safetensors(file)
     try:
         state = torch.load(file, map_location="cpu", weights_only=True)
     except Exception as e:  # an unpickling refusal or a corrupt file
@@ -332,7 +342,7 @@ def _read_native(p: Path, ema: bool) -> tuple[NextDiTConfig, dict[str, torch.Ten
         raise FileNotFoundError(f"{str(p)!r}: no weights file; expected one of {list(order)}")
     if ema and file.name == NATIVE_WEIGHTS:
         warnings.warn(f"{p}: no EMA weights ({NATIVE_EMA_WEIGHTS}); loading {file.name}", stacklevel=4)
-    return cfg, load_file(str(file))
+    return cfg, read_safetensors(file)
 
 
 def read_checkpoint(path, ema: bool = True) -> tuple[NextDiTConfig, dict[str, torch.Tensor], str]:
@@ -360,9 +370,9 @@ def read_checkpoint(path, ema: bool = True) -> tuple[NextDiTConfig, dict[str, to
             raise FileNotFoundError(f"{str(p)!r}: shards listed in {DIFFUSERS_INDEX} are missing: {missing}")
         state = {}
         for s in shards:
-            state.update(load_file(str(p / s)))
+            state.update(read_safetensors(p / s))
     elif (p / DIFFUSERS_WEIGHTS).is_file():
-        state = load_file(str(p / DIFFUSERS_WEIGHTS))
+        state = read_safetensors(p / DIFFUSERS_WEIGHTS)
     else:
         raise FileNotFoundError(f"{str(p)!r}: no weights; expected {DIFFUSERS_WEIGHTS} or {DIFFUSERS_INDEX}")
     return cfg, diffusers_to_official(state), fmt

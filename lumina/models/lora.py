@@ -15,7 +15,7 @@ import os
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
+from .checkpoints import read_safetensors
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -32,7 +32,7 @@ def read_adapter(path) -> tuple[dict, dict[str, torch.Tensor]]:
     for key in ("r", "lora_alpha"):
         if key not in cfg:
             raise ValueError(f"LoRA adapter {str(p)!r}: {ADAPTER_CONFIG} has no {key!r}")
-    return cfg, load_file(str(p / ADAPTER_WEIGHTS))
+    return cfg, read_safetensors(p / ADAPTER_WEIGHTS)
 
 
 @torch.no_grad()

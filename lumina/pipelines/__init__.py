@@ -14,14 +14,14 @@ directory format in :mod:`lumina.pipeline_dir`. transformers / diffusers are imp
 from ..codecs import IdentityCodec, LatentCodec, PixelCodec, VAECodec, to_pil
 from ..conditioning import TextEncoder
 from ..pipeline_dir import GenerationDefaults, PipelineConfig
-from .base import FlowPipeline, pipeline_class
+from .base import FlowPipeline, NonFiniteError, pipeline_class
 from .loading import default_model_path, generate, load_pipeline
 from .results import ImageResult, SequenceResult, VolumeResult
 from .text_to_image import LuminaPipeline
 from .text_to_sequence import SequencePipeline
 from .text_to_volume import VolumePipeline
 
-__all__ = ["TextEncoder", "LatentCodec", "VAECodec", "PixelCodec", "IdentityCodec", "to_pil", "FlowPipeline",
+__all__ = ["TextEncoder", "LatentCodec", "VAECodec", "PixelCodec", "IdentityCodec", "to_pil", "FlowPipeline", "NonFiniteError",
            "pipeline_class", "LuminaPipeline", "SequencePipeline", "VolumePipeline", "PipelineConfig",
            "GenerationDefaults", "ImageResult", "SequenceResult", "VolumeResult", "generate", "load_pipeline",
            "default_model_path"]

@@ -80,8 +80,16 @@ def write_checkpoint(root: Path, step: int, write_model: Callable[[Path], None],
 
 
 def read_state(path: Path) -> dict:
-    """The trainer state of a checkpoint (tensors and plain values only: nothing pickled is executed)."""
-    return torch.load(path / STATE_FILE, map_location="cpu", weights_only=True)
+    """The trainer state of a checkpoint (tensors and plain values only: nothing pickled is executed); ValueError
+    naming the file when it is corrupt, truncated or holds anything else."""
+    file = path / STATE_FILE
+    try:
+        return torch.load(file, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise
+    except Exception as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise ValueError(f"{file}: not a readable trainer state ({type(e).__name__}: {first[:120]})") from None
 
 
 def latest_checkpoint(root: Path) -> Path | None:

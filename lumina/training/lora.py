@@ -10,8 +10,9 @@ import shutil
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
+from ..models.checkpoints import read_safetensors
 from ..models.lora import ADAPTER_CONFIG, ADAPTER_WEIGHTS
 
 ADAPTER_RAW_WEIGHTS = "adapter_model_raw.safetensors"  # the non-EMA adapter, for resume
@@ -60,8 +61,8 @@ def save_adapter(model_state: dict, ema_state: dict, cfg, path: Path) -> None:
 
 def load_adapter_states(path: Path) -> tuple[dict, dict]:
     """(raw, ema) adapter states in the model's internal names, from a checkpoint written by save_adapter."""
-    raw = load_file(str(path / ADAPTER_RAW_WEIGHTS))
-    ema = load_file(str(path / ADAPTER_WEIGHTS))
+    raw = read_safetensors(path / ADAPTER_RAW_WEIGHTS)
+    ema = read_safetensors(path / ADAPTER_WEIGHTS)
     return _internal(raw), _internal(ema)
 
 
