@@ -6,8 +6,8 @@ import operator
 
 
 def real(value, name: str) -> float:
-    """`value` as a finite float; bools, non-numbers, NaN and infinities are refused."""
-    if isinstance(value, bool):
+    """`value` as a finite float; bools, strings, non-numbers, NaN and infinities are refused."""
+    if isinstance(value, (bool, str, bytes)):
         raise ValueError(f"`{name}` must be a real number, got {value!r}")
     try:
         v = float(value)

@@ -85,15 +85,26 @@ def _validated(cls, d: dict, where: str):
     """``cls`` from ``d``: unknown keys refused, every value checked against its annotation (pydantic)."""
     from pydantic import TypeAdapter, ValidationError
 
-    _from_dict(cls, d, where)  # unknown keys, with the known ones listed
+    _check_keys(cls, d, where)  # unknown keys, with the known ones listed
     if isinstance(d.get("defaults"), dict):
-        _from_dict(GenerationDefaults, d["defaults"], f"{where}: defaults")
+        _check_keys(GenerationDefaults, d["defaults"], f"{where}: defaults")
     try:
         return TypeAdapter(cls).validate_python(d)
     except ValidationError as e:
         err = e.errors()[0]
         key = ".".join(str(x) for x in err["loc"])
+        if not key:  # a check of __post_init__: its message names the key
+            raise ValueError(f"{where}: {str(err.get('ctx', {}).get('error', err['msg']))}") from None
         raise ValueError(f"{where}: `{key}`: {err['msg']}, got {err.get('input')!r}") from None
+    except ValueError as e:
+        raise ValueError(f"{where}: {e}") from None
+
+
+def _check_keys(cls, d: dict, where: str) -> None:
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(d) - known)
+    if unknown:
+        raise ValueError(f"{where}: unknown keys {unknown}; expected some of {sorted(known)}")
 
 
 def _from_dict(cls, d: dict, where: str):

@@ -333,3 +333,31 @@ def test_bad_training_configs_are_named(tmp_path, gemma, patch, match):
             d[section] = {**(d.get(section) or {}), **values}
     with pytest.raises(C.ConfigError, match=match):
         Trainer(C.from_dict(d))
+
+
+# ----------------------------------------------------------------------------------------------
+# sizes checked against memory before allocating
+# ----------------------------------------------------------------------------------------------
+def test_a_generation_beyond_memory_is_refused_before_allocating(pipe_dir):
+    from lumina.memory import MemoryEstimateError
+    from lumina.pipelines import LuminaPipeline
+
+    pipe = LuminaPipeline.from_pretrained(pipe_dir, device="cpu")
+    with pytest.raises(MemoryEstimateError, match=r"generating 1 sample\(s\) of size 65536x65536 needs about .* free"):
+        pipe("a", height=65536, width=65536, steps=1, progress=False)
+    pipe("a", height=32, width=32, steps=1, progress=False)  # a normal size passes the check
+
+
+def test_a_training_resolution_beyond_memory_is_refused(tmp_path, gemma):
+    d = _cfg(tmp_path / "run", gemma).to_dict()
+    d["data"]["resolution"] = 100000
+    with pytest.raises(C.ConfigError, match=r"data\.resolution=100000 needs about .* free"):
+        Trainer(C.from_dict(d))
+    assert not (tmp_path / "run" / "data").exists() or not any((tmp_path / "run" / "data").iterdir())
+
+
+def test_the_output_path_is_checked_before_any_work(pipe_dir, tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    rc = cli_main(["generate", "a", "--model", str(pipe_dir), "-o", str(blocker / "out.png")])
+    assert rc == 2 and "`--output`" in capsys.readouterr().err

@@ -19,6 +19,7 @@ import torch
 from .._paths import resolve_path
 from ..codecs import LatentCodec, load_codec
 from ..conditioning import TextEncoder
+from ..memory import check_fits, generation_bytes
 from ..models.lora import merge_lora
 from ..models.nextdit import NextDiT
 from ..models.rope import METHODS as ROPE_METHODS
@@ -289,7 +290,14 @@ class FlowPipeline:
         if cfg_channels is not None and self.channel_axis != 1:
             raise ValueError(f"`cfg_channels` guides latent channels along dim 1; the {self.modality!r} latents "
                              f"keep channels in dim {self.channel_axis}")
-        guidance = Guidance(d.cfg if cfg is None else cfg, cfg_channels, cfg_renorm, cfg_truncation)
+        try:
+            guidance = Guidance(d.cfg if cfg is None else cfg, cfg_channels, cfg_renorm, cfg_truncation)
+        except ValueError as e:  # Guidance's names are cfg_velocity's; the call's are cfg_*
+            msg = str(e)
+            for a, b in (("`cfg_scale`", "`cfg`"), ("`channels`", "`cfg_channels`"), ("`renorm`", "`cfg_renorm`"),
+                         ("`truncation`", "`cfg_truncation`")):
+                msg = msg.replace(a, b)
+            raise ValueError(msg) from None
         if guidance.channels is not None and guidance.channels > self.transformer.config.in_channels:
             raise ValueError(f"`cfg_channels` = {guidance.channels} exceeds the model's "
                              f"{self.transformer.config.in_channels} latent channels")
@@ -342,8 +350,13 @@ class FlowPipeline:
             raise ValueError(f"`output_type` must be 'result', 'pt' or 'latent', got {output_type!r}")
         if seed is not None and generator is not None:
             raise ValueError("pass `seed` or `generator`, not both")
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2 ** 63):
+            raise ValueError(f"`seed` must be an integer in [0, 2^63), got {seed!r}")
+        if generator is not None and not isinstance(generator, torch.Generator):
+            raise ValueError(f"`generator` must be a torch.Generator, got {type(generator).__name__}")
         prompts, negatives = self._batch(prompts, negatives, n_per_prompt)
         B = len(prompts)
+        self.check_memory(B, size, latent)
         feats, mask = self.encode_prompts(prompts, negatives if s.guidance.guided else None)
         velocity, run = self._velocity(s, B, size, feats, mask)
         latents = self._sample(velocity, s, (B, *latent), seed, generator, progress, _checked_first(callback, self),
@@ -355,6 +368,14 @@ class FlowPipeline:
             return latents
         decoded = self.codec.decode(latents.float())
         return decoded if output_type == "pt" else self.result_type.from_samples(decoded, self.config)
+
+    def check_memory(self, batch: int, size: tuple[int, ...], latent: tuple[int, ...]) -> None:
+        """MemoryEstimateError naming the size when the call's estimate exceeds 90% of the free memory."""
+        tokens = math.prod(self.adapter.token_grid(latent))
+        ctx = getattr(self.text_encoder, "max_length", 0) if self.text_encoder is not None else 0
+        need = generation_bytes(self.transformer.config, batch, math.prod(latent), tokens, ctx, self.dtype,
+                                math.prod(size) * max(3, self.codec.latent_channels))
+        check_fits(need, self.device, f"generating {batch} sample(s) of size {'x'.join(map(str, size))}")
 
     def non_finite_cause(self) -> str:
         """The likely cause of a NaN / inf output, for the error message."""

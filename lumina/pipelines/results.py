@@ -36,6 +36,15 @@ def check_output(result_type, path) -> Path:
     if out.suffix.lower() not in result_type.SUFFIXES:
         want = " or ".join(result_type.SUFFIXES)
         raise ValueError(f"`path` must end in {want} for {result_type.__name__}, got {str(out)!r}")
+    if out.is_dir():
+        raise ValueError(f"`path` {str(out)!r} is a directory; expected a file name")
+    parent = out.parent
+    while not parent.exists() and parent != parent.parent:  # the folders save() would create
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ValueError(f"`path` {str(out)!r} cannot be written: {str(parent)!r} is a file, not a folder")
+    if not os.access(parent, os.W_OK):
+        raise ValueError(f"`path` {str(out)!r} cannot be written: no write permission in {str(parent)!r}")
     return out
 
 

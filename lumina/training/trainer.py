@@ -18,6 +18,7 @@ never imports the pipelines: :meth:`Trainer.export_pipeline` writes the pipeline
 """
 from __future__ import annotations
 
+import math
 import os
 import re
 import shutil
@@ -35,6 +36,7 @@ from ..codecs import VAECodec, load_codec
 from ..conditioning import TextEncoder
 from ..models.checkpoints import read_checkpoint, save_state
 from ..models.nextdit import NextDiT, config_from_preset
+from ..memory import MemoryEstimateError, check_fits, render_bytes, training_bytes
 from ..pipeline_dir import GenerationDefaults, PipelineConfig
 from . import checkpointing as ckpt_io
 from . import flow
@@ -113,6 +115,7 @@ class Trainer:
                               f"in_channels={mc.in_channels}")
         if self.dataset is None:
             self.dataset = self._image_dataset(source, self.codec.downscale * mc.patch_size)
+        self._check_memory()
         self.model.gradient_checkpointing = m.gradient_checkpointing
         self.model.to(self.device).train()
         if cfg.lora is not None:
@@ -155,6 +158,24 @@ class Trainer:
         if len(dataset) == 0:
             raise ConfigError(f"`data`: no training images found in {source}")
         return dataset
+
+    def _check_memory(self) -> None:
+        """MemoryEstimateError (a ConfigError) naming the sizes when a step's estimate exceeds 90% of free memory."""
+        cfg, mc = self.cfg, self.model.config
+        if self.images:
+            extent = cfg.data.resolution // self.codec.downscale
+            latent = (mc.in_channels, extent, extent)
+            sample_numel, what = 3 * cfg.data.resolution ** 2, f"data.resolution={cfg.data.resolution}"
+        else:
+            latent = tuple(self._first_sample().shape)
+            sample_numel, what = math.prod(latent), f"samples of shape {latent}"
+        tokens = math.prod(self.model.adapter.token_grid(latent))  # tensor samples: the codec keeps their shape
+        need = training_bytes(mc, cfg.train.batch_size, tokens, cfg.model.max_length, sample_numel,
+                              cfg.train.precision, cfg.model.gradient_checkpointing)
+        try:
+            check_fits(need, self.device, f"a training step with train.batch_size={cfg.train.batch_size} and {what}")
+        except MemoryEstimateError as e:
+            raise ConfigError(str(e)) from None
 
     def _first_sample(self) -> torch.Tensor:
         for i in range(len(self.dataset)):
@@ -204,6 +225,10 @@ class Trainer:
                               "(a JSONL of tensor samples)")
         from .shapes import write_dataset
 
+        try:  # the renderer draws each image 4x larger: refuse a size that cannot be drawn
+            check_fits(render_bytes(d.resolution), "cpu", f"rendering data.shapes at data.resolution={d.resolution}")
+        except MemoryEstimateError as e:
+            raise ConfigError(str(e)) from None
         root = self.out / "data" / f"shapes_{d.shapes}_{d.resolution}_{self.cfg.train.seed}"
         jsonl = root / "captions.jsonl"
         if self.main and not jsonl.is_file():
