@@ -360,11 +360,13 @@ def read_checkpoint(path, ema: bool = True) -> tuple[NextDiTConfig, dict[str, to
         if ema and file.name in OFFICIAL_WEIGHTS:
             warnings.warn(f"{p}: no EMA weights ({OFFICIAL_EMA_WEIGHTS[0]}); loading {file.name}", stacklevel=4)
         return cfg, _read_weights(file), fmt
-    with open(p / DIFFUSERS_CONFIG) as f:
-        cfg = config_from_diffusers(json.load(f), p / DIFFUSERS_CONFIG)
+    cfg = config_from_diffusers(_read_json(p / DIFFUSERS_CONFIG), p / DIFFUSERS_CONFIG)
     if (p / DIFFUSERS_INDEX).is_file():
-        with open(p / DIFFUSERS_INDEX) as f:
-            shards = sorted(set(json.load(f)["weight_map"].values()))
+        index = _read_json(p / DIFFUSERS_INDEX)
+        weight_map = index.get("weight_map")
+        if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+            raise CheckpointError(f"{p / DIFFUSERS_INDEX}: `weight_map` must map parameter names to shard files")
+        shards = sorted(set(weight_map.values()))
         missing = [s for s in shards if not (p / s).is_file()]
         if missing:
             raise FileNotFoundError(f"{str(p)!r}: shards listed in {DIFFUSERS_INDEX} are missing: {missing}")

@@ -27,8 +27,13 @@ def read_adapter(path) -> tuple[dict, dict[str, torch.Tensor]]:
     for name in (ADAPTER_CONFIG, ADAPTER_WEIGHTS):
         if not (p / name).is_file():
             raise FileNotFoundError(f"LoRA adapter {str(p)!r}: missing {name}")
-    with open(p / ADAPTER_CONFIG) as f:
-        cfg = json.load(f)
+    try:
+        with open(p / ADAPTER_CONFIG) as f:
+            cfg = json.load(f)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{p / ADAPTER_CONFIG}: not valid JSON ({e})") from None
+    if not isinstance(cfg, dict):
+        raise ValueError(f"{p / ADAPTER_CONFIG}: must be a JSON object, got {type(cfg).__name__}")
     for key in ("r", "lora_alpha"):
         if key not in cfg:
             raise ValueError(f"LoRA adapter {str(p)!r}: {ADAPTER_CONFIG} has no {key!r}")
