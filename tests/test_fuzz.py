@@ -202,3 +202,44 @@ def test_fuzz_merge(B, grid, factor, feat, dtype, layout, by, hi, extra, index_d
     x64 = x.detach().double().requires_grad_(True)
     (want_gx,) = torch.autograd.grad(reference.merge_tokens(x64, mask=m, **ref_kw)[0], x64, go.double())
     assert_close(gx, want_gx.to(dtype), kind="grad", msg=f"grad {by} {grid} {f} {dtype} {layout}")
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    op=st.sampled_from(["norm", "rope", "attention_q", "attention_k", "attention_v", "merge"]),
+    bad=st.sampled_from([float("nan"), float("inf"), float("-inf")]),
+    dtype=st.sampled_from([torch.float32, torch.bfloat16, torch.float16]),
+    L=st.integers(2, 40),
+    at=st.integers(0, 10**6),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_fuzz_non_finite_inputs_are_never_hidden(op, bad, dtype, L, at, seed):
+    """A NaN or inf in an input reaches the outputs it feeds, as in the reference (never a plausible finite value;
+    an inf key may legitimately weigh nothing, so only NaN is compared for keys)."""
+    B, H, D = 2, 2, 8
+    x = materialise((B, L, H, D), dtype, "contiguous", seed)
+    y = materialise((B, L, H, D), dtype, "contiguous", seed + 1)
+    target = x if op != "attention_k" and op != "attention_v" else y
+    flat = target.view(-1)
+    flat[at % flat.numel()] = bad
+    f = rope_table(L, D)
+    if op == "norm":
+        got, ref = lk.rms_norm(x, torch.ones(D, dtype=dtype)), reference.rms_norm(x, torch.ones(D, dtype=dtype))
+    elif op == "rope":
+        got, ref = lk.apply_rope(x, f), reference.apply_rope(x, f)
+    elif op == "merge":
+        got, ref = lk.merge_tokens(x[:, :, 0], (L,), 2)[0], reference.merge_tokens(x[:, :, 0], (L,), (2,))[0]
+    else:
+        q = x
+        k = y if op == "attention_k" else x
+        v = y if op == "attention_v" else x
+        with torch.no_grad():
+            got = lk.attention(q, k, v, q_freqs=f, k_freqs=f)
+            ref = reference.attention(q, k, v, f, f)
+    if op.startswith("attention"):
+        if bad != bad:  # NaN: exactly the reference's NaN outputs
+            assert torch.equal(torch.isnan(got), torch.isnan(ref))
+        else:  # inf: whenever the reference is not finite, neither is the kernel
+            assert bool(torch.isfinite(ref).all()) or not bool(torch.isfinite(got).all())
+        return
+    assert torch.equal(torch.isfinite(got), torch.isfinite(ref))
