@@ -30,3 +30,24 @@ def integer(value, name: str, minimum: int | None = None) -> int:
     if minimum is not None and v < minimum:
         raise ValueError(f"`{name}` must be {want}, got {v}")
     return v
+
+
+def device(value):
+    """The device to run on (default: cuda when available); ValueError naming `device` when it is not usable."""
+    import torch
+
+    device = value
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise ValueError(f"`device` must be cpu, cuda or cuda:N, got {device!r}") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"`device` is {device!r} but no CUDA GPU is available to torch")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"`device` is {device!r} but only {torch.cuda.device_count()} CUDA GPU(s) are visible")
+    elif dev.type not in ("cpu", "mps", "xpu"):
+        raise ValueError(f"`device` must be cpu, cuda or cuda:N, got {device!r}")
+    return dev

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import subprocess
 import sys
@@ -307,7 +306,7 @@ def worker(start: int) -> None:
 
 def run_api() -> list[dict]:
     results: list[dict] = []
-    start, n = 0, None
+    start = 0
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
                LUMINA_TEST_QUIET="1")
     while True:

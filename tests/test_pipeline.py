@@ -188,7 +188,7 @@ def test_generate_caches_the_pipeline(pipe_dir):
     (dict(rope_scaling="yarn"), "`rope_scaling` must be one of"),
     (dict(num_images_per_prompt=0), "`num_images_per_prompt`"),
     (dict(output_type="np"), "`output_type`"),
-    (dict(cfg=-1.0), "`cfg_scale`"),
+    (dict(cfg=-1.0), "`cfg`"), (dict(cfg_renorm=0.0), "`cfg_renorm`"),
     (dict(seed=1, generator=torch.Generator()), "`seed` or `generator`"),
 ])
 def test_bad_generation_arguments(pipe, kwargs, match):

@@ -7,8 +7,6 @@ imported lazily, so ``import lumina.pipelines`` stays cheap.
 """
 from __future__ import annotations
 
-import os
-from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
 import torch

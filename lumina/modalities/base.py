@@ -78,7 +78,8 @@ class ModalityAdapter(nn.Module):
         """The latent of a sample of `size` (sample units, e.g. pixels) under a codec of `downscale`."""
         raise NotImplementedError
 
-    def size_of(self, shape: Sequence[int]) -> tuple[int, ...]:
+    @classmethod
+    def size_of(cls, shape: Sequence[int]) -> tuple[int, ...]:
         """A sample's size along its position axes (the inverse of :meth:`latent_shape` at downscale 1)."""
         raise NotImplementedError
 

@@ -42,7 +42,8 @@ class ImageAdapter(ModalityAdapter):
         o = tokens[: ht * wt].view(ht, wt, p, p, C)  # features in (pH, pW, C) order
         return o.permute(4, 0, 2, 1, 3).reshape(C, H, W)[: self.config.in_channels]  # drop the sigma half
 
-    def size_of(self, shape: Sequence[int]) -> tuple[int, ...]:
+    @classmethod
+    def size_of(cls, shape: Sequence[int]) -> tuple[int, ...]:
         return tuple(shape[1:])  # (C, H, W) -> (H, W)
 
     def prefix_index(self, n: int) -> tuple:

@@ -41,7 +41,8 @@ class SequenceAdapter(ModalityAdapter):
         o = tokens[:n].view(n, p, C)  # features in (p, C) order
         return o.permute(2, 0, 1).reshape(C, T)[: self.config.in_channels]  # (C, n, p) -> (C, T); no sigma half
 
-    def size_of(self, shape: Sequence[int]) -> tuple[int, ...]:
+    @classmethod
+    def size_of(cls, shape: Sequence[int]) -> tuple[int, ...]:
         return tuple(shape[1:])  # (C, T) -> (T,)
 
     def prefix_index(self, n: int) -> tuple:

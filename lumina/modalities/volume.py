@@ -46,7 +46,8 @@ class VolumeAdapter(ModalityAdapter):
         # (F, ht, wt, pH, pW, C) -> (F, C, ht, pH, wt, pW) -> (F, C, H, W); drop the sigma half
         return o.permute(0, 5, 1, 3, 2, 4).reshape(Fr, C, H, W)[:, : self.config.in_channels]
 
-    def size_of(self, shape: Sequence[int]) -> tuple[int, ...]:
+    @classmethod
+    def size_of(cls, shape: Sequence[int]) -> tuple[int, ...]:
         return (shape[0], shape[2], shape[3])  # (F, C, H, W) -> (F, H, W)
 
     def prefix_index(self, n: int) -> tuple:

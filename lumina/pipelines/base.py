@@ -16,6 +16,7 @@ from typing import Callable
 
 import torch
 
+from .._checks import device as checked_device
 from .._paths import resolve_path
 from ..codecs import LatentCodec, load_codec
 from ..conditioning import TextEncoder
@@ -26,6 +27,7 @@ from ..models.rope import METHODS as ROPE_METHODS
 from ..models.rope import RopeScaling
 from ..pipeline_dir import PipelineConfig
 from ..sampling import SCHEDULES, SOLVERS, ContextDrop, GraphedVelocity, Guidance, sample
+from ..sampling.graphs import graphs_refused, pad_context
 from . import results
 
 __all__ = ["FlowPipeline", "Settings", "NonFiniteError", "pipeline_class", "register_pipeline"]
@@ -47,24 +49,6 @@ def pipeline_class(modality: str) -> type:
     if modality not in _PIPELINE_CLASSES:
         raise ValueError(f"no pipeline for the modality {modality!r}; pipelines exist for {sorted(_PIPELINE_CLASSES)}")
     return _PIPELINE_CLASSES[modality]
-
-
-def _device(device) -> torch.device:
-    """The device to run on (default: cuda when available); ValueError naming `device` when it is not usable."""
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError, ValueError):
-        raise ValueError(f"`device` must be cpu, cuda or cuda:N, got {device!r}") from None
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(f"`device` is {device!r} but no CUDA GPU is available to torch")
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise ValueError(f"`device` is {device!r} but only {torch.cuda.device_count()} CUDA GPU(s) are visible")
-    elif dev.type not in ("cpu", "mps", "xpu"):
-        raise ValueError(f"`device` must be cpu, cuda or cuda:N, got {device!r}")
-    return dev
 
 
 def _default_dtype(device: torch.device) -> torch.dtype:
@@ -149,7 +133,7 @@ class FlowPipeline:
             raise FileNotFoundError(f"the model {str(root)!r} is a file; expected a pipeline directory")
         if not root.is_dir():
             raise FileNotFoundError(f"pipeline directory {str(root)!r} does not exist")
-        device = _device(device)
+        device = checked_device(device)
         dtype = dtype or _default_dtype(device)
         config = PipelineConfig.load(root)
         transformer = cls._load_transformer(root, config, lora, lora_scale, ema).to(device=device, dtype=dtype)
@@ -429,13 +413,13 @@ class FlowPipeline:
                     cd.factors(t_value, n_layers) if cd is not None else None,
                     guidance.applies(t_value, torch.float32))
 
-        refused = _graphs_refused(s.cuda_graphs, self.device, s.scaling)
+        refused = graphs_refused(s.cuda_graphs, self.device, s.scaling)
         run = dict(context_drop=None if cd is None else cd.spec(), cuda_graphs=refused, nfe=0)
         if refused is None:
             # graphs persist across calls with the same shapes and settings: captured once, replayed ever after.
             # Captions are padded (masked) to a multiple of CAPTION_BUCKET tokens so prompts of similar length share
             # graphs; masked keys add exact zeros to the attention, so the result is unchanged.
-            inputs = () if feats is None else _pad_captions(feats, mask, self.CAPTION_BUCKET)
+            inputs = () if feats is None else pad_context(feats, mask, self.CAPTION_BUCKET)
             signature = (B, tuple(inputs[0].shape) if inputs else (), self.dtype, size, guidance, s.scaling,
                          s.base_seq_len, cd, s.compile, s.cuda_graphs, str(self.device))
             velocity = self._graphed(signature, evaluate, key, s.cuda_graphs == "emulate", *inputs)
@@ -521,30 +505,3 @@ def _size(size) -> tuple[int, ...]:
     if isinstance(size, (list, tuple)) and size and all(isinstance(v, int) and not isinstance(v, bool) for v in size):
         return tuple(size)
     raise ValueError(f"`size` must be an int or a list of ints (the sample size per axis), got {size!r}")
-
-
-def _pad_captions(feats: torch.Tensor, mask: torch.Tensor, bucket: int):
-    """Pad (B, L, D) caption features with zeros and their (B, L) mask with False up to a multiple of `bucket`."""
-    L = feats.shape[1]
-    pad = -L % bucket
-    if pad == 0:
-        return feats, mask
-    feats = torch.nn.functional.pad(feats, (0, 0, 0, pad))
-    mask = torch.nn.functional.pad(mask, (0, pad), value=False)
-    return feats, mask
-
-
-def _graphs_refused(cuda_graphs, device: torch.device, scaling: RopeScaling) -> str | None:
-    """None when CUDA graphs will be used, else why not (ValueError when they were required)."""
-    if cuda_graphs not in (None, True, False, "emulate"):
-        raise ValueError(f"`cuda_graphs` must be None (auto), True, False or 'emulate', got {cuda_graphs!r}")
-    if cuda_graphs is False:
-        return "off (cuda_graphs=False)"
-    reason = None
-    if cuda_graphs != "emulate" and device.type != "cuda":
-        reason = f"the device is {device.type}, not cuda"
-    elif scaling.active and scaling.method == "smooth_time_aware":
-        reason = "RoPE scaling 'smooth_time_aware' builds a new table at every t"
-    if reason is not None and cuda_graphs is True:
-        raise ValueError(f"`cuda_graphs=True` but CUDA graphs cannot be used: {reason}")
-    return reason

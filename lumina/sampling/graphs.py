@@ -31,7 +31,7 @@ from typing import Callable, Dict, Hashable, Optional
 import torch
 from torch import Tensor
 
-__all__ = ["GraphedVelocity"]
+__all__ = ["GraphedVelocity", "pad_context", "graphs_refused"]
 
 
 class _Entry:
@@ -124,3 +124,31 @@ class GraphedVelocity:
             entry.out = self.fn(entry.x, entry.t, t_value, *self.inputs)
         entry.graph = graph.replay
         return entry
+
+
+def pad_context(feats: torch.Tensor, mask: torch.Tensor, bucket: int):
+    """Pad (B, L, D) caption features with zeros and their (B, L) mask with False up to a multiple of `bucket`."""
+    L = feats.shape[1]
+    pad = -L % bucket
+    if pad == 0:
+        return feats, mask
+    feats = torch.nn.functional.pad(feats, (0, 0, 0, pad))
+    mask = torch.nn.functional.pad(mask, (0, pad), value=False)
+    return feats, mask
+
+
+def graphs_refused(cuda_graphs, device: torch.device, scaling) -> str | None:
+    """None when CUDA graphs will be used, else why not (ValueError when they were required); ``scaling``: the
+    call's RopeScaling (a table rebuilt at every t cannot be captured)."""
+    if cuda_graphs not in (None, True, False, "emulate"):
+        raise ValueError(f"`cuda_graphs` must be None (auto), True, False or 'emulate', got {cuda_graphs!r}")
+    if cuda_graphs is False:
+        return "off (cuda_graphs=False)"
+    reason = None
+    if cuda_graphs != "emulate" and device.type != "cuda":
+        reason = f"the device is {device.type}, not cuda"
+    elif scaling.active and scaling.method == "smooth_time_aware":
+        reason = "RoPE scaling 'smooth_time_aware' builds a new table at every t"
+    if reason is not None and cuda_graphs is True:
+        raise ValueError(f"`cuda_graphs=True` but CUDA graphs cannot be used: {reason}")
+    return reason

@@ -37,13 +37,13 @@ from ..conditioning import TextEncoder
 from ..models.checkpoints import read_checkpoint, save_state
 from ..models.nextdit import NextDiT, config_from_preset
 from ..memory import MemoryEstimateError, check_fits, render_bytes, training_bytes
-from ..pipeline_dir import GenerationDefaults, PipelineConfig
 from . import checkpointing as ckpt_io
-from . import flow
+from . import features, flow
 from . import lora as lora_io
 from .checkpointing import LOG_FILE, read_log  # noqa: F401  (read_log: part of this module's API)
 from .config import Config, ConfigError
-from .data import epochs, load_loader_state, loader_state
+from .data import epochs, is_tensor_jsonl, load_loader_state, loader_state
+from .export import export_pipeline
 
 
 # ------------------------------------------------------------------------------------------------
@@ -97,7 +97,7 @@ class Trainer:
         self.images = issubclass(self.adapter_cls, modalities.ImageAdapter)  # image data (folders, shapes) fits it
         source = self._data_source()
         self.dataset = None  # images: made once the model gives the patch multiple
-        if not self.images or _is_tensor_jsonl(source):
+        if not self.images or is_tensor_jsonl(source):
             from .data import TensorCaptionDataset
 
             self.dataset = TensorCaptionDataset(source, self.adapter_cls.sample_rank)
@@ -167,7 +167,7 @@ class Trainer:
             latent = (mc.in_channels, extent, extent)
             sample_numel, what = 3 * cfg.data.resolution ** 2, f"data.resolution={cfg.data.resolution}"
         else:
-            latent = tuple(self._first_sample().shape)
+            latent = tuple(self.first_sample().shape)
             sample_numel, what = math.prod(latent), f"samples of shape {latent}"
         tokens = math.prod(self.model.adapter.token_grid(latent))  # tensor samples: the codec keeps their shape
         need = training_bytes(mc, cfg.train.batch_size, tokens, cfg.model.max_length, sample_numel,
@@ -177,7 +177,8 @@ class Trainer:
         except MemoryEstimateError as e:
             raise ConfigError(str(e)) from None
 
-    def _first_sample(self) -> torch.Tensor:
+    def first_sample(self) -> torch.Tensor:
+        """The first readable training sample (sizes and channels of tensor data come from it)."""
         for i in range(len(self.dataset)):
             item = self.dataset[i]
             if item is not None:
@@ -187,7 +188,7 @@ class Trainer:
     def _make_codec(self):
         m = self.cfg.model
         if m.codec in ("pixel", "identity"):
-            channels = 3 if self.dataset is None else self._first_sample().shape[self.adapter_cls.channel_dim]
+            channels = 3 if self.dataset is None else self.first_sample().shape[self.adapter_cls.channel_dim]
             return load_codec(m.codec, channels, device=self.device)
         return VAECodec.from_pretrained(resolve_path(m.codec), device=self.device)
 
@@ -213,7 +214,7 @@ class Trainer:
         sample's (along the adapter's first scaled axis)."""
         if self.dataset is None:  # images
             return self.cfg.data.resolution
-        size = _size_of(self.adapter_cls, self._first_sample().shape)
+        size = self.adapter_cls.size_of(self.first_sample().shape)
         return next(v for v, on in zip(size, self.adapter_cls.scaled_axes) if on)
 
     def _data_source(self) -> Path:
@@ -263,53 +264,13 @@ class Trainer:
         return self.model
 
     # -- one step ------------------------------------------------------------------------------
-    @torch.no_grad()
-    def _encode_text(self, captions: list[str]):
-        if self.cache is None:
-            return self.text_encoder.encode(captions)
-        key_of = {c: self.cache.key("text", c) for c in captions}
-        found = {c: self.cache.get(k) for c, k in key_of.items()}
-        missing = sorted(c for c, entry in found.items() if entry is None)
-        if missing:  # one batched encoder call for every caption not cached yet
-            f, m = self.text_encoder.encode(missing)
-            for i, c in enumerate(missing):
-                found[c] = {"feats": f[i][m[i]].float().cpu().contiguous()}
-                self.cache.put(key_of[c], found[c])
-        feats = [found[c]["feats"] for c in captions]
-        L = max(f.shape[0] for f in feats)
-        out = torch.zeros(len(feats), L, feats[0].shape[-1])
-        mask = torch.zeros(len(feats), L, dtype=torch.bool)
-        for i, f in enumerate(feats):
-            out[i, : f.shape[0]] = f
-            mask[i, : f.shape[0]] = True
-        return out.to(self.device), mask.to(self.device)
-
-    @torch.no_grad()
-    def _encode_images(self, batch) -> list[torch.Tensor]:
-        """Codec latents of the batch. A VAE samples its latent with the training generator; with a cache, the
-        latent distribution's mode is cached per (image file content, crop, VAE) and reused."""
-        images = batch["samples"]
-        if self.cache is None or not isinstance(self.codec, VAECodec):
-            return [self.codec.encode(img[None].to(self.device), generator=self.gen)[0].float() for img in images]
-        from .data import content_key
-
-        out = []
-        for img, idx, crop in zip(images, batch["indices"].tolist(), batch["crops"]):
-            key = self.cache.key("latent", content_key(self.dataset.path(idx), crop), self.cfg.model.codec,
-                                 str(tuple(img.shape)))
-            hit = self.cache.get(key)
-            if hit is None:
-                hit = {"z": self.codec.encode(img[None].to(self.device), sample=False)[0].float().cpu().contiguous()}
-                self.cache.put(key, hit)
-            out.append(hit["z"].to(self.device))
-        return out
-
     def _loss(self, batch) -> torch.Tensor:
         t_cfg = self.cfg.train
         captions = [("" if float(torch.rand((), generator=self.gen)) < t_cfg.caption_dropout else c)
                     for c in batch["captions"]]
-        feats, mask = self._encode_text(captions)
-        x1 = self._encode_images(batch)
+        feats, mask = features.encode_text(self.text_encoder, self.cache, captions, self.device)
+        x1 = features.encode_samples(self.codec, self.cache, batch, self.dataset, self.cfg.model.codec, self.gen,
+                                       self.device)
         t = flow.sample_t(len(x1), t_cfg.t_sampling, t_cfg.t_shift, self.gen)
         n_clean = t_cfg.clean_prefix
         fb = flow.noisy_batch(x1, t, self.gen, self.device,
@@ -537,52 +498,8 @@ class Trainer:
         return {"step": self.step, "last_loss": last, "trainable_params": self.n_trainable}
 
     def export_pipeline(self, path: Path) -> Path:
-        """A pipeline directory (:mod:`lumina.pipeline_dir`) for `lumina generate --model`: the EMA transformer
-        (native format), a reference to the text encoder (pkg: paths stay references) and the codec; for a modality
-        other than image, the training sample size as the default size."""
-        ckpt = self.latest_checkpoint()
-        path.mkdir(parents=True, exist_ok=True)
-        m = self.cfg.model
-        vae = m.codec not in ("pixel", "identity")
-        cfg = PipelineConfig(text_layer=m.text_layer, max_length=m.max_length, codec="vae" if vae else m.codec,
-                             pixel_channels=self.codec.latent_channels, text_encoder=m.text_encoder,
-                             vae=m.codec if vae else None)
-        if not self.images:
-            cfg.defaults = GenerationDefaults(size=list(_size_of(self.adapter_cls, self._first_sample().shape)))
-        if self.cfg.lora is not None:
-            lora_io.copy_adapter(ckpt, path / "lora")
-            cfg.transformer = str(resolve_path(m.init_from)) if m.init_from else None
-            cfg.lora = "lora"
-        else:
-            tdir = path / "transformer"
-            shutil.rmtree(tdir, ignore_errors=True)
-            config, ema_state, _ = read_checkpoint(ckpt, ema=True)
-            save_state(config, ema_state, tdir, format="native", ema_state=ema_state)  # as save_pretrained does
-        cfg.save(path)
-        return path
-
-
-def _is_tensor_jsonl(source: Path) -> bool:
-    """Whether a JSONL source lists tensor files (its first record's path)."""
-    import json
-
-    from .data import TENSOR_EXTENSIONS
-
-    if not (source.is_file() and source.suffix.lower() in (".jsonl", ".ndjson")):
-        return False
-    with open(source, encoding="utf-8") as f:
-        for line in f:
-            if line.strip():
-                try:
-                    return Path(str(json.loads(line).get("path", ""))).suffix in TENSOR_EXTENSIONS
-                except (json.JSONDecodeError, AttributeError):
-                    return False
-    return False
-
-
-def _size_of(adapter_cls, shape) -> tuple[int, ...]:
-    """A sample's size along the adapter's position axes (size_of reads no model state: a bare instance does)."""
-    return adapter_cls.size_of(adapter_cls.__new__(adapter_cls), tuple(shape))
+        """A pipeline directory for `lumina generate --model` (see :func:`.export.export_pipeline`)."""
+        return export_pipeline(self, path)
 
 
 def train(cfg: Config) -> dict:

@@ -25,8 +25,8 @@ from .buckets import closest_bucket, make_buckets
 from .cache import FeatureCache, content_key, text_key
 from .dataset import IMAGE_EXTENSIONS, ImageCaptionDataset, collate
 from .sampler import epochs, load_loader_state, loader_state, make_loader
-from .tensors import TENSOR_EXTENSIONS, TensorCaptionDataset, write_tensor_dataset
+from .tensors import TENSOR_EXTENSIONS, TensorCaptionDataset, is_tensor_jsonl, write_tensor_dataset
 
 __all__ = ["IMAGE_EXTENSIONS", "TENSOR_EXTENSIONS", "make_buckets", "closest_bucket", "ImageCaptionDataset",
-           "TensorCaptionDataset", "write_tensor_dataset", "collate", "FeatureCache", "content_key", "text_key",
+           "TensorCaptionDataset", "write_tensor_dataset", "is_tensor_jsonl", "collate", "FeatureCache", "content_key", "text_key",
            "make_loader", "epochs", "loader_state", "load_loader_state"]

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-__all__ = ["TensorCaptionDataset", "write_tensor_dataset", "TENSOR_EXTENSIONS"]
+__all__ = ["TensorCaptionDataset", "write_tensor_dataset", "is_tensor_jsonl", "TENSOR_EXTENSIONS"]
 
 TENSOR_EXTENSIONS = (".npy", ".safetensors")
 
@@ -94,6 +94,20 @@ class TensorCaptionDataset(torch.utils.data.Dataset):
             return None
         return {"sample": x, "caption": self._captions[i], "key": self._paths[i].name, "index": i, "meta": {},
                 "crop": None}
+
+
+def is_tensor_jsonl(source: Path) -> bool:
+    """Whether a JSONL source lists tensor files (its first record's path)."""
+    if not (source.is_file() and source.suffix.lower() in (".jsonl", ".ndjson")):
+        return False
+    with open(source, encoding="utf-8") as f:
+        for line in f:
+            if line.strip():
+                try:
+                    return Path(str(json.loads(line).get("path", ""))).suffix in TENSOR_EXTENSIONS
+                except (json.JSONDecodeError, AttributeError):
+                    return False
+    return False
 
 
 def write_tensor_dataset(root: str | os.PathLike, samples, captions) -> Path:

@@ -1,0 +1,39 @@
+"""The pipeline directory a training run ends with (:mod:`lumina.pipeline_dir`): the EMA transformer in the native
+format, the text encoder reference, the codec, and for sequences and volumes the training size as the default."""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from .._paths import resolve_path
+from ..models.checkpoints import read_checkpoint, save_state
+from ..pipeline_dir import GenerationDefaults, PipelineConfig
+from . import lora as lora_io
+
+__all__ = ["export_pipeline"]
+
+
+def export_pipeline(trainer, path: Path) -> Path:
+    """A pipeline directory (:mod:`lumina.pipeline_dir`) for `lumina generate --model`: the EMA transformer
+    (native format), a reference to the text encoder (pkg: paths stay references) and the codec; for a modality
+    other than image, the training sample size as the default size."""
+    ckpt = trainer.latest_checkpoint()
+    path.mkdir(parents=True, exist_ok=True)
+    m = trainer.cfg.model
+    vae = m.codec not in ("pixel", "identity")
+    cfg = PipelineConfig(text_layer=m.text_layer, max_length=m.max_length, codec="vae" if vae else m.codec,
+                         pixel_channels=trainer.codec.latent_channels, text_encoder=m.text_encoder,
+                         vae=m.codec if vae else None)
+    if not trainer.images:
+        cfg.defaults = GenerationDefaults(size=list(trainer.adapter_cls.size_of(trainer.first_sample().shape)))
+    if trainer.cfg.lora is not None:
+        lora_io.copy_adapter(ckpt, path / "lora")
+        cfg.transformer = str(resolve_path(m.init_from)) if m.init_from else None
+        cfg.lora = "lora"
+    else:
+        tdir = path / "transformer"
+        shutil.rmtree(tdir, ignore_errors=True)
+        config, ema_state, _ = read_checkpoint(ckpt, ema=True)
+        save_state(config, ema_state, tdir, format="native", ema_state=ema_state)  # as save_pretrained does
+    cfg.save(path)
+    return path
