@@ -416,6 +416,34 @@ def _nearest_position(x: float, y: float) -> str:
     return min(POSITIONS, key=lambda p: (POSITION_ANCHORS[p][0] - x) ** 2 + (POSITION_ANCHORS[p][1] - y) ** 2)
 
 
+_CORNER_FULL = 0.55  # mean coverage of a corner patch of the shape's box that counts as filled
+
+
+def _shape_of(a: np.ndarray, bg: np.ndarray, fg: np.ndarray) -> tuple[Optional[str], Optional[tuple]]:
+    """The shape from its coverage: each pixel's fraction of shape colour (its projection between the measured
+    background and shape colours), the box of the pixels at least half covered, and the mean coverage of the box's
+    corner patches (a fifth of the side): a square fills all four, an apex-up triangle only the bottom two, a
+    circle none. Ground-truth renders: top corners 0.66-1.0 for squares, <= 0.42 for circles and 0 for triangles;
+    bottom corners 0.67-0.98 for triangles, <= 0.42 for circles."""
+    d = (fg - bg).astype(np.float32)
+    norm = float((d * d).sum())
+    if norm < 1.0:
+        return None, None
+    alpha = np.clip(((a - bg) * d).sum(-1) / norm, 0.0, 1.0)
+    ys, xs = np.nonzero(alpha > 0.5)
+    if len(xs) < 4:
+        return None, None
+    box = alpha[ys.min(): ys.max() + 1, xs.min(): xs.max() + 1]
+    k = max(1, round(0.2 * min(box.shape)))
+    top = float((box[:k, :k].mean() + box[:k, -k:].mean()) / 2)
+    bottom = float((box[-k:, :k].mean() + box[-k:, -k:].mean()) / 2)
+    if top >= _CORNER_FULL:
+        return "square", (top, bottom)
+    if bottom >= _CORNER_FULL:
+        return "triangle", (top, bottom)
+    return "circle", (top, bottom)
+
+
 def judge(image, spec) -> dict:
     """Check an image against a :class:`ShapeSpec`, a dict with (some of) its fields, or a prompt string (parsed
     with :func:`parse_prompt`).
@@ -430,6 +458,8 @@ def judge(image, spec) -> dict:
       ``"color": None``).
     * position (reported, not part of ``correct``): the centre of the 5th..95th percentile box of the winning
       shape pixels (interior ones when enough), snapped to the nearest :data:`POSITION_ANCHORS` entry.
+    * shape (reported as ``shape`` / ``shape_ok``; not yet part of ``correct``): from the coverage of the corners
+      of the shape's box (:func:`_shape_of`); ``corners`` holds the (top, bottom) coverages.
 
     Returns ``background_ok``, ``shape_color_ok``, ``position_ok`` (each ``None`` when the spec does not name
     that field), ``correct`` (a shape was found and neither ``background_ok`` nor ``shape_color_ok`` is
@@ -469,6 +499,10 @@ def judge(image, spec) -> dict:
             cy = (np.percentile(ys, 5) + np.percentile(ys, 95)) / 2
             center = ((cx + 0.5) / w, (cy + 0.5) / h)
     position = _nearest_position(*center) if center is not None else None
+    shape, corners = None, None
+    if color is not None:
+        fg_ref = np.median(a[winners], axis=0)
+        shape, corners = _shape_of(a, bg_ref, fg_ref)
 
     def ok(field, measured):
         return None if want.get(field) is None else (measured is not None and measured == want[field])
@@ -476,6 +510,7 @@ def judge(image, spec) -> dict:
     background_ok = ok("background", background)
     shape_color_ok = ok("color", color)
     position_ok = ok("position", position)
+    shape_ok = ok("shape", shape)
     shape_present = color is not None
     correct = bool(shape_present and background_ok is not False and shape_color_ok is not False)
     return {
@@ -483,7 +518,10 @@ def judge(image, spec) -> dict:
         "background_ok": background_ok,
         "shape_color_ok": shape_color_ok,
         "position_ok": position_ok,
+        "shape_ok": shape_ok,
         "shape_present": shape_present,
+        "shape": shape,
+        "corners": corners,
         "background": background,
         "color": color,
         "position": position,
@@ -498,7 +536,7 @@ def adherence(images: Union[torch.Tensor, Iterable], specs: Iterable) -> dict:
     """Judge each image against its spec (``ShapeSpec``, dict or prompt string) and aggregate.
 
     ``images``: a (N, 3, H, W) tensor in [0, 1] or an iterable of anything :func:`judge` takes. Returns ``n`` and
-    the rates ``correct``, ``background``, ``shape_color``, ``position`` (each over the items whose spec names
+    the rates ``correct``, ``background``, ``shape_color``, ``position``, ``shape`` (each over the items whose spec names
     that field; ``None`` when none does), plus ``results`` (the per-image :func:`judge` dicts).
     """
     specs = list(specs)
@@ -519,5 +557,6 @@ def adherence(images: Union[torch.Tensor, Iterable], specs: Iterable) -> dict:
         "background": rate("background_ok"),
         "shape_color": rate("shape_color_ok"),
         "position": rate("position_ok"),
+        "shape": rate("shape_ok"),
         "results": results,
     }

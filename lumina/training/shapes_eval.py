@@ -3,7 +3,7 @@
     python -m lumina.training.shapes_eval [--model DIR] [-n 100] [--seed 1] [--size 32] [--steps 30] ...
 
 Prints the rates of :func:`lumina.training.shapes.adherence` (correct = shape colour and background colour
-right; position reported separately).
+right; position and shape reported separately).
 """
 from __future__ import annotations
 
@@ -45,7 +45,7 @@ def main(argv=None) -> int:
     kw = {k: v for k, v in dict(steps=args.steps, cfg=args.cfg, solver=args.solver,
                                 rope_scaling=args.rope_scaling).items() if v is not None}
     r = evaluate(pipe, n=args.n, seed=args.seed, size=args.size, **kw)
-    print(json.dumps({k: r[k] for k in ("n", "correct", "background", "shape_color", "position")}))
+    print(json.dumps({k: r[k] for k in ("n", "correct", "background", "shape_color", "position", "shape")}))
     return 0
 
 
