@@ -62,14 +62,19 @@ class IdentityCodec(LatentCodec):
         self._device: Optional[torch.device] = None
 
     def to(self, device: DeviceLike) -> "IdentityCodec":
+        """Outputs go to ``device`` from now on (``None``: stay where the input is); returns ``self``."""
         self._device = torch.device(device) if device is not None else None
         return self
+
+    def _place(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` as float32 on the output device."""
+        return x.to(device=x.device if self._device is None else self._device, dtype=torch.float32)
 
     def _prep(self, x: torch.Tensor, name: str) -> torch.Tensor:
         if not isinstance(x, torch.Tensor) or not x.is_floating_point():
             raise ValueError(f"`{name}` must be a floating-point tensor, got "
                              f"{x.dtype if isinstance(x, torch.Tensor) else type(x).__name__}")
-        return x.to(device=x.device if self._device is None else self._device, dtype=torch.float32)
+        return self._place(x)
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         return self._prep(latents, "latents")

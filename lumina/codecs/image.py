@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Optional
 import torch
 
 from .._paths import check_model_dir
-from .base import DeviceLike, LatentCodec, PathLike
+from .base import DeviceLike, IdentityCodec, LatentCodec, PathLike
 
 if TYPE_CHECKING:  # pragma: no cover
     import PIL.Image
@@ -94,23 +94,14 @@ class VAECodec(LatentCodec):
         return (z - self.shift_factor) * self.scaling_factor
 
 
-class PixelCodec(LatentCodec):
+class PixelCodec(IdentityCodec):
     """Identity codec for pixel-space models: downscale 1, ``latent_channels = channels``; the model's space is
     [-1, 1]. ``decode`` maps [-1, 1] -> [0, 1] (clamped), ``encode`` maps [0, 1] -> [-1, 1]; both return float32 on
     the input's device (or the device given to ``to``). Images (B, C, H, W) or stacks of frames (B, F, C, H, W)."""
 
     def __init__(self, channels: int = 3):
         """``channels``: image (and latent) channels, >= 1."""
-        if not isinstance(channels, int) or channels < 1:
-            raise ValueError(f"`channels` must be an int >= 1, got {channels!r}")
-        self.latent_channels = channels
-        self.downscale = 1
-        self._device: Optional[torch.device] = None
-
-    def to(self, device: DeviceLike) -> "PixelCodec":
-        """Outputs go to ``device`` from now on (``None``: stay where the input is); returns ``self``."""
-        self._device = torch.device(device) if device is not None else None
-        return self
+        super().__init__(channels)
 
     def _prep(self, x: torch.Tensor, name: str) -> torch.Tensor:
         if not isinstance(x, torch.Tensor) or x.dim() not in (4, 5):
@@ -118,7 +109,7 @@ class PixelCodec(LatentCodec):
                              f"{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}")
         if x.shape[-3] != self.latent_channels:
             raise ValueError(f"`{name}` must have {self.latent_channels} channels, got shape {tuple(x.shape)}")
-        return x.to(device=x.device if self._device is None else self._device, dtype=torch.float32)
+        return self._place(x)  # any dtype (uint8 images too), unlike the identity codec
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """[-1, 1] -> [0, 1]: ``(x / 2 + 0.5).clamp(0, 1)`` in float32."""

@@ -15,7 +15,7 @@ from PIL import Image, ImageOps
 
 from .buckets import closest_bucket, make_buckets
 
-__all__ = ["IMAGE_EXTENSIONS", "ImageCaptionDataset", "collate"]
+__all__ = ["IMAGE_EXTENSIONS", "ImageCaptionDataset", "collate", "read_jsonl_records"]
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp")
 """File suffixes (case-insensitive) picked up from an image folder."""
@@ -45,7 +45,46 @@ def _resize_cover(im: Image.Image, h: int, w: int) -> Image.Image:
     return im
 
 
-class ImageCaptionDataset(torch.utils.data.Dataset):
+def read_jsonl_records(file: Path):
+    """Yield ``(where, record)`` for every non-blank line of a ``{"path", "caption", ...}`` JSONL file; ValueError
+    naming the file and line for malformed JSON, a non-object, a missing or non-string field, or an empty path."""
+    with open(file, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            where = f"{str(file)!r} line {lineno}"
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{where}: malformed JSON ({e.msg})") from None
+            if not isinstance(rec, dict):
+                raise ValueError(f"{where}: expected a JSON object, got {type(rec).__name__}")
+            for field in ("path", "caption"):
+                if not isinstance(rec.get(field), str):
+                    raise ValueError(f"{where}: missing or non-string {field!r}")
+            if not rec["path"]:
+                raise ValueError(f"{where}: empty 'path'")
+            yield where, rec
+
+
+class UnreadableLog:
+    """Mixin of the datasets: items that cannot be read are counted (:attr:`skipped`), their reasons kept per path
+    (:attr:`errors`, this process's) and warned about once per path."""
+
+    def _init_unreadable(self) -> None:
+        self.skipped = 0
+        self.errors: dict[str, str] = {}
+        self._warned: set[str] = set()
+
+    def _unreadable(self, name: str, err: BaseException, what: str) -> None:
+        self.skipped += 1
+        self.errors[name] = f"{type(err).__name__}: {err}"
+        if name not in self._warned:
+            self._warned.add(name)
+            warnings.warn(f"skipping unreadable {what} {name!r}: {type(err).__name__}: {err}", RuntimeWarning)
+
+
+class ImageCaptionDataset(UnreadableLog, torch.utils.data.Dataset):
     """Image-caption pairs, each cropped to its aspect-ratio bucket.
 
     ``source`` is either
@@ -90,13 +129,11 @@ class ImageCaptionDataset(torch.utils.data.Dataset):
         self.random_crop = bool(random_crop)
         self.seed = int(seed)
         self.epoch = 0
-        #: Images whose decoding failed (or that were missing) in this process; see the class docstring.
-        self.skipped = 0
+        #: Images whose decoding failed (or that were missing) in this process (``skipped``, ``errors``); see the
+        #: class docstring.
+        self._init_unreadable()
         #: Images in a source folder skipped at indexing because they have no sibling ``.txt`` caption.
         self.missing_captions = 0
-        self._warned: set[str] = set()
-        #: path -> why it could not be read (this process's failures)
-        self.errors: dict[str, str] = {}
 
         if buckets is None:
             self.buckets = make_buckets(self.resolution, self.patch_multiple, max_tokens)
@@ -158,28 +195,13 @@ class ImageCaptionDataset(torch.utils.data.Dataset):
     def _index_jsonl(self, file: Path):
         paths, keys, captions, metas = [], [], [], []
         base = file.parent
-        with open(file, encoding="utf-8") as f:
-            for lineno, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                where = f"{str(file)!r} line {lineno}"
-                try:
-                    rec = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise ValueError(f"{where}: malformed JSON ({e.msg})") from None
-                if not isinstance(rec, dict):
-                    raise ValueError(f"{where}: expected a JSON object, got {type(rec).__name__}")
-                for field in ("path", "caption"):
-                    if not isinstance(rec.get(field), str):
-                        raise ValueError(f"{where}: missing or non-string {field!r}")
-                if not rec["path"]:
-                    raise ValueError(f"{where}: empty 'path'")
-                rel = rec["path"]
-                p = Path(rel)
-                paths.append(p if p.is_absolute() else base / p)
-                keys.append(Path(rel).as_posix())
-                captions.append(rec["caption"])
-                metas.append({k: v for k, v in rec.items() if k not in ("path", "caption")})
+        for _, rec in read_jsonl_records(file):
+            rel = rec["path"]
+            p = Path(rel)
+            paths.append(p if p.is_absolute() else base / p)
+            keys.append(Path(rel).as_posix())
+            captions.append(rec["caption"])
+            metas.append({k: v for k, v in rec.items() if k not in ("path", "caption")})
         return paths, keys, captions, metas
 
     # -- access --------------------------------------------------------------------------------------------------------
@@ -211,12 +233,7 @@ class ImageCaptionDataset(torch.utils.data.Dataset):
         return np.random.default_rng([self.seed & 0xFFFFFFFFFFFFFFFF, self.epoch & 0xFFFFFFFFFFFFFFFF, int(index)])
 
     def _bad(self, i: int, err: BaseException) -> None:
-        self.skipped += 1
-        name = str(self._paths[i])
-        self.errors[name] = f"{type(err).__name__}: {err}"
-        if name not in self._warned:
-            self._warned.add(name)
-            warnings.warn(f"skipping unreadable image {name!r}: {type(err).__name__}: {err}", RuntimeWarning)
+        self._unreadable(str(self._paths[i]), err, "image")
 
     def __getitem__(self, i: int) -> dict | None:
         if not -len(self) <= i < len(self):

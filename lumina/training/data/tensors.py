@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import json
 import os
-import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from .dataset import UnreadableLog, read_jsonl_records
 
 __all__ = ["TensorCaptionDataset", "write_tensor_dataset", "is_tensor_jsonl", "TENSOR_EXTENSIONS"]
 
@@ -29,7 +30,7 @@ def _load_tensor(path: Path) -> torch.Tensor:
     return tensors["sample"].float()
 
 
-class TensorCaptionDataset(torch.utils.data.Dataset):
+class TensorCaptionDataset(UnreadableLog, torch.utils.data.Dataset):
     """Tensor-caption pairs from a JSONL file (see the module doc). ``sample_rank``: the rank every sample must have
     (the modality adapter's); a file with another rank, or unreadable, gives ``None`` and a warning (as a bad
     image does), counted in :attr:`skipped`."""
@@ -37,30 +38,17 @@ class TensorCaptionDataset(torch.utils.data.Dataset):
     def __init__(self, source: str | os.PathLike, sample_rank: int):
         self.source = Path(source)
         self.sample_rank = int(sample_rank)
-        self.skipped = 0
-        self._warned: set[str] = set()
-        self.errors: dict[str, str] = {}  # path -> why it could not be read (this process's failures)
+        self._init_unreadable()
         if not self.source.is_file() or self.source.suffix.lower() not in (".jsonl", ".ndjson"):
             raise ValueError(f"`data.source` {str(self.source)!r} must be a JSONL file of {{path, caption}} records "
                              f"for tensor samples ({' or '.join(TENSOR_EXTENSIONS)} files)")
         self._paths, self._captions = [], []
-        with open(self.source, encoding="utf-8") as f:
-            for lineno, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                where = f"{str(self.source)!r} line {lineno}"
-                try:
-                    rec = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise ValueError(f"{where}: malformed JSON ({e.msg})") from None
-                if not isinstance(rec, dict) or not isinstance(rec.get("path"), str) or \
-                        not isinstance(rec.get("caption"), str):
-                    raise ValueError(f"{where}: expected an object with string 'path' and 'caption'")
-                p = Path(rec["path"])
-                if p.suffix not in TENSOR_EXTENSIONS:
-                    raise ValueError(f"{where}: 'path' must end in {' or '.join(TENSOR_EXTENSIONS)}, got {p.name!r}")
-                self._paths.append(p if p.is_absolute() else self.source.parent / p)
-                self._captions.append(rec["caption"])
+        for where, rec in read_jsonl_records(self.source):
+            p = Path(rec["path"])
+            if p.suffix not in TENSOR_EXTENSIONS:
+                raise ValueError(f"{where}: 'path' must end in {' or '.join(TENSOR_EXTENSIONS)}, got {p.name!r}")
+            self._paths.append(p if p.is_absolute() else self.source.parent / p)
+            self._captions.append(rec["caption"])
         if not self._paths:
             raise ValueError(f"`data.source` {str(self.source)!r} has no records")
 
@@ -85,12 +73,7 @@ class TensorCaptionDataset(torch.utils.data.Dataset):
             if x.dim() != self.sample_rank:
                 raise ValueError(f"rank {x.dim()} (shape {tuple(x.shape)}), expected rank {self.sample_rank}")
         except Exception as e:
-            self.skipped += 1
-            name = str(self._paths[i])
-            self.errors[name] = f"{type(e).__name__}: {e}"
-            if name not in self._warned:
-                self._warned.add(name)
-                warnings.warn(f"skipping unreadable sample {name!r}: {type(e).__name__}: {e}", RuntimeWarning)
+            self._unreadable(str(self._paths[i]), e, "sample")
             return None
         return {"sample": x, "caption": self._captions[i], "key": self._paths[i].name, "index": i, "meta": {},
                 "crop": None}
