@@ -25,7 +25,7 @@ def export_pipeline(trainer, path: Path) -> Path:
                          pixel_channels=trainer.codec.latent_channels, text_encoder=m.text_encoder,
                          vae=m.codec if vae else None)
     if not trainer.images:
-        cfg.defaults = GenerationDefaults(size=list(trainer.adapter_cls.size_of(trainer.first_sample().shape)))
+        cfg.defaults = GenerationDefaults(size=list(trainer.adapter_cls.size_of(trainer.sample_shape())))
     if trainer.cfg.lora is not None:
         lora_io.copy_adapter(ckpt, path / "lora")
         cfg.transformer = str(resolve_path(m.init_from)) if m.init_from else None

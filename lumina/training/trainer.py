@@ -97,6 +97,7 @@ class Trainer:
         self.images = issubclass(self.adapter_cls, modalities.ImageAdapter)  # image data (folders, shapes) fits it
         source = self._data_source()
         self.dataset = None  # images: made once the model gives the patch multiple
+        self._sample_shape: tuple[int, ...] | None = None
         if not self.images or is_tensor_jsonl(source):
             from .data import TensorCaptionDataset
 
@@ -167,7 +168,7 @@ class Trainer:
             latent = (mc.in_channels, extent, extent)
             sample_numel, what = 3 * cfg.data.resolution ** 2, f"data.resolution={cfg.data.resolution}"
         else:
-            latent = tuple(self.first_sample().shape)
+            latent = self.sample_shape()
             sample_numel, what = math.prod(latent), f"samples of shape {latent}"
         tokens = math.prod(self.model.adapter.token_grid(latent))  # tensor samples: the codec keeps their shape
         need = training_bytes(mc, cfg.train.batch_size, tokens, cfg.model.max_length, sample_numel,
@@ -177,18 +178,19 @@ class Trainer:
         except MemoryEstimateError as e:
             raise ConfigError(str(e)) from None
 
-    def first_sample(self) -> torch.Tensor:
-        """The first readable training sample (sizes and channels of tensor data come from it)."""
-        for i in range(len(self.dataset)):
-            item = self.dataset[i]
-            if item is not None:
-                return item["sample"] if "sample" in item else item["image"]
-        raise ConfigError(f"`data.source`: none of the {len(self.dataset)} samples could be read")
+    def sample_shape(self) -> tuple[int, ...]:
+        """The shape of the first readable training sample, read once (tensor data's sizes and channels)."""
+        if self._sample_shape is None:
+            item = next((it for it in map(self.dataset.__getitem__, range(len(self.dataset))) if it is not None), None)
+            if item is None:
+                raise ConfigError(f"`data.source`: none of the {len(self.dataset)} samples could be read")
+            self._sample_shape = tuple((item["sample"] if "sample" in item else item["image"]).shape)
+        return self._sample_shape
 
     def _make_codec(self):
         m = self.cfg.model
         if m.codec in ("pixel", "identity"):
-            channels = 3 if self.dataset is None else self.first_sample().shape[self.adapter_cls.channel_dim]
+            channels = 3 if self.dataset is None else self.sample_shape()[self.adapter_cls.channel_dim]
             return load_codec(m.codec, channels, device=self.device)
         return VAECodec.from_pretrained(resolve_path(m.codec), device=self.device)
 
@@ -214,7 +216,7 @@ class Trainer:
         sample's (along the adapter's first scaled axis)."""
         if self.dataset is None:  # images
             return self.cfg.data.resolution
-        size = self.adapter_cls.size_of(self.first_sample().shape)
+        size = self.adapter_cls.size_of(self.sample_shape())
         return next(v for v, on in zip(size, self.adapter_cls.scaled_axes) if on)
 
     def _data_source(self) -> Path:
