@@ -7,7 +7,7 @@ compared with the reference (the same model, midpoint, 250 steps, no context dro
 (images in [0, 1]; SSIM: 11x11 Gaussian window, sigma 1.5, on each channel, averaged) and by PSNR of the final
 latents (scaled by the reference latents' range). Wall time is the sampling call's, on the chosen device.
 
-Model: by default the bundled default model (lumina/assets/default_model: a *trained* 5.8M-parameter pixel-space
+Model: by default the bundled default model (lumina/assets/default_model: a *trained* 6.9M-parameter pixel-space
 Next-DiT, 32x32 RGB training size, patch 4), so the numbers describe a real learnt flow, not random weights; at
 ``--size 64`` (the default) it runs at 2x its training size (16x16 patch grid, time-aware RoPE scaling), where
 merging has cells to merge. ``--model`` takes any pipeline directory.

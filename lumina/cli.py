@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import re
 import sys
+import warnings
 
 DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16",
           "float16": "float16", "fp16": "float16"}
@@ -174,7 +175,11 @@ def main(argv: list[str] | None = None) -> int:
         sp.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show the full traceback")
     args = parser.parse_args(argv)
     try:
-        return {"generate": cmd_generate, "train": cmd_train, "info": cmd_info}[args.command](args)
+        with warnings.catch_warnings():
+            if not args.debug:  # one line per warning, as for errors
+                warnings.showwarning = lambda message, *a, **k: print(
+                    f"lumina {args.command}: warning: {' '.join(str(message).split())}", file=sys.stderr)
+            return {"generate": cmd_generate, "train": cmd_train, "info": cmd_info}[args.command](args)
     except KeyboardInterrupt:
         print(f"lumina {args.command}: interrupted", file=sys.stderr)
         return 130

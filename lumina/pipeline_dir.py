@@ -50,6 +50,9 @@ class PipelineConfig:
     lora: str | None = None  # a LoRA adapter directory merged into the transformer on load
     fps: float = 8.0  # frames per second of a saved volume (GIF)
     sample_rate: int = 16000  # samples per second of a saved sequence (WAV)
+    # the words of the training captions when they were few (lumina.conditioning.vocabulary): prompt words outside
+    # it are named in a warning; None: an open vocabulary, no check
+    vocabulary: list[str] | None = None
     defaults: GenerationDefaults = None  # type: ignore[assignment]
 
     def __post_init__(self):

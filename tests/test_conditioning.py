@@ -88,3 +88,22 @@ def test_class_labels_as_context():
         labels.encode(torch.tensor([1]), drop=1.5)
     with pytest.raises(ValueError, match="`n_classes`"):
         ClassLabels(0, 4)
+
+
+def test_vocabulary_records_few_words_and_names_unknown_ones():
+    import warnings
+
+    from lumina.conditioning.vocabulary import (UnknownWordsWarning, caption_vocabulary, unknown_words,
+                                                warn_unknown, words)
+
+    assert words("Top-left: a Red circle!") == ["top", "left", "a", "red", "circle"]
+    vocab = caption_vocabulary(["a red circle", "top left: a blue square on green"])
+    assert vocab == ["a", "blue", "circle", "green", "left", "on", "red", "square", "top"]
+    assert caption_vocabulary(("".join(chr(97 + (i // 26 ** k) % 26) for k in range(3)) for i in range(600)),
+                              limit=512) is None  # an open vocabulary: nothing recorded
+    assert unknown_words(["a pink hexagon", "a PINK circle, violet"], vocab) == ["pink", "hexagon", "violet"]
+    with pytest.warns(UnknownWordsWarning, match=r"'pink', 'hexagon'"):
+        assert warn_unknown(["a pink hexagon"], vocab) == ["pink", "hexagon"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert warn_unknown(["a red circle"], vocab) == [] and warn_unknown(["anything at all"], None) == []

@@ -12,7 +12,10 @@ from lumina.training.shapes import (
     COLORS,
     POSITIONS,
     SHAPES,
+    TEMPLATE_GROUPS,
     TEMPLATES,
+    caption_and_fields,
+    named_fields,
     ShapesDataset,
     ShapeSpec,
     adherence,
@@ -61,15 +64,22 @@ def test_random_spec_covers_vocab(kind, fresh_seed):
     assert {s.position for s in specs} == set(POSITIONS)
 
 
-def test_captions_contain_words(rng):
-    seen = set()
-    for _ in range(200):
+def test_captions_name_what_their_fields_say(rng):
+    seen, groups = set(), set()
+    for _ in range(400):
         s = random_spec(rng)
-        text = caption(s, rng)
-        seen.add(text.replace(s.color, "C").replace(s.background, "B").replace(s.shape, "S").replace(s.position, "P"))
-        for word in (s.color, s.shape, s.position, s.background):
+        text, named = caption_and_fields(s, rng)
+        pattern = text.replace(s.color, "C").replace(s.background, "B").replace(s.shape, "S").replace(s.position, "P")
+        seen.add(pattern.replace("an C", "a C").replace("an B", "a B"))
+        groups.add((named["position"] is not None, named["background"] is not None))
+        assert named["shape"] == s.shape and named["color"] == s.color
+        for word in (s.color, s.shape):
             assert word in text
-    assert len(seen) > 1  # several templates used
+        assert (s.position in text) == (named["position"] is not None), text
+        assert (named["background"] is None) or s.background in text
+        assert named["position"] in (None, s.position) and named["background"] in (None, s.background)
+    assert groups == set(TEMPLATE_GROUPS)  # with and without a position, with and without a background
+    assert len(seen) == len(TEMPLATES)  # every phrasing drawn
     assert caption(ShapeSpec("circle", "red", "blue", "top left")) == "a red circle at the top left on a blue background"
     assert caption(ShapeSpec("circle", "orange", "blue")).startswith("an orange circle")
 
@@ -79,10 +89,7 @@ def test_parse_prompt_round_trips_captions(template, rng):
     for _ in range(100):
         s = random_spec(rng)
         text = caption(s, template=template)
-        for word in (s.color, s.shape, s.position, s.background):
-            assert word in text
-        assert parse_prompt(text) == {"shape": s.shape, "color": s.color, "background": s.background,
-                                      "position": s.position}, text
+        assert parse_prompt(text) == named_fields(s, template), text
 
 
 def test_parse_free_prompts():
@@ -207,8 +214,9 @@ def test_dataset_deterministic(fresh_seed):
     for i in range(20):
         item = ds[i]
         assert judge(item["image"], item["spec"])["correct"]
-        assert parse_prompt(item["caption"]) == {k: item["spec"][k] for k in ("shape", "color", "background",
-                                                                              "position")}
+        parsed = parse_prompt(item["caption"])  # what the caption names is the spec's; what it leaves out is None
+        assert parsed["shape"] == item["spec"]["shape"] and parsed["color"] == item["spec"]["color"]
+        assert all(parsed[k] in (None, item["spec"][k]) for k in ("background", "position")), item["caption"]
     batch = next(iter(torch.utils.data.DataLoader(ds, batch_size=4)))
     assert batch["image"].shape == (4, 3, 32, 32) and len(batch["caption"]) == 4
     assert list(batch["spec"]["color"]) == [ds[i]["spec"]["color"] for i in range(4)]

@@ -1,5 +1,6 @@
 """The trainer: config checks, loss goes down, torchrun DDP / FSDP on 2 CPU processes, kill -9 and exact resume,
 LoRA trains only adapters and merges on load, the exported pipeline generates."""
+import json
 import os
 import signal
 import subprocess
@@ -128,12 +129,22 @@ def test_steps_reduce_the_loss_on_a_fixed_batch(tmp_path, gemma):
 
 
 def test_train_writes_log_checkpoints_and_a_pipeline(tmp_path, gemma):
-    cfg = C.from_dict(_cfg(tmp_path, gemma, train={"keep_last": 2}))
+    cfg = C.from_dict(_cfg(tmp_path, gemma, train={"keep_last": 2, "warmup_steps": 2, "decay_steps": 3,
+                                                     "export_dtype": "bf16"}))
     result = lumina.training.trainer.train(cfg)
     run = Path(cfg.train.out_dir)
     assert result["step"] == 6
     rows = read_log(run / "loss.csv")
     assert [r["step"] for r in rows] == [1, 2, 3, 4, 5, 6] and all(r["loss"] > 0 for r in rows)
+    # warmup-stable-decay: warmup 2, constant, then down to 0 over the last 3 steps (the log holds the lr after each step)
+    assert [round(r["lr"] / 1e-3, 6) for r in rows] == [1.0, 1.0, 1.0, 0.666667, 0.333333, 0.0]
+    # the exported pipeline: the EMA weights alone, in bf16, and the words of its training captions
+    exported = run / "pipeline" / "transformer"
+    assert sorted(p.name for p in exported.iterdir()) == ["config.json", "model_ema.safetensors"]
+    assert {v.dtype for v in lumina.models.checkpoints.read_safetensors(exported / "model_ema.safetensors").values()} \
+        == {torch.bfloat16}
+    vocabulary = json.loads((run / "pipeline" / "lumina_pipeline.json").read_text())["vocabulary"]
+    assert {"circle", "square", "triangle"} <= set(vocabulary) and len(vocabulary) < 60
     ckpts = sorted(p.name for p in (run / "checkpoints").iterdir() if p.is_dir())
     assert ckpts == ["step_0000004", "step_0000006"]  # keep_last
     assert (run / "checkpoints" / "latest").read_text() == "step_0000006"

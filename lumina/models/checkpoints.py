@@ -429,22 +429,26 @@ def save_pretrained(model, path, format: str = "native", ema_state: dict | None 
                max_shard_size=max_shard_size)
 
 
-def save_state(config: NextDiTConfig, state: dict, path, format: str = "native", ema_state: dict | None = None,
+def save_state(config: NextDiTConfig, state: dict | None, path, format: str = "native", ema_state: dict | None = None,
                max_shard_size: int | None = None) -> None:
-    """:func:`save_pretrained` from a config and state dicts (the model's names), without a model instance."""
+    """:func:`save_pretrained` from a config and state dicts (the model's names), without a model instance.
+    ``state`` None (native format, with ``ema_state``): the EMA weights alone, what a pipeline samples with."""
     if format not in FORMATS:
         raise ValueError(f"`format` must be one of {FORMATS}, got {format!r}")
+    if state is None and (format != "native" or ema_state is None):
+        raise ValueError("`state` None (the EMA weights alone) needs format='native' and `ema_state`")
     if format != "native":
         _check_t2i(config, format)
     p = Path(os.fspath(path)).expanduser()
     p.mkdir(parents=True, exist_ok=True)
-    state = _contiguous(state)
+    state = None if state is None else _contiguous(state)
     if format == "native":
         meta = {"family": FAMILY, "format_version": NATIVE_VERSION, "modality": config.modality,
                 "config": config.to_dict()}
         with open(p / NATIVE_CONFIG, "w") as f:
             json.dump(meta, f, indent=2)
-        save_file(state, str(p / NATIVE_WEIGHTS), metadata={"format": "pt"})
+        if state is not None:
+            save_file(state, str(p / NATIVE_WEIGHTS), metadata={"format": "pt"})
         if ema_state is not None:
             save_file(_contiguous(ema_state), str(p / NATIVE_EMA_WEIGHTS), metadata={"format": "pt"})
         return

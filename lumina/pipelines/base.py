@@ -20,6 +20,7 @@ from .._checks import device as checked_device
 from .._paths import resolve_path
 from ..codecs import LatentCodec, load_codec
 from ..conditioning import TextEncoder
+from ..conditioning.vocabulary import warn_unknown
 from ..memory import check_fits, generation_bytes
 from ..models.lora import merge_lora
 from ..models.nextdit import NextDiT
@@ -248,6 +249,7 @@ class FlowPipeline:
         (None, None) for an unconditional model."""
         if self.text_encoder is None:
             return None, None
+        warn_unknown(prompts + [q for q in negative or [] if q], self.config.vocabulary)
         feats, mask = self.text_encoder.encode(prompts + (negative or []))
         return feats.to(self.device, self.dtype), mask.to(self.device)
 

@@ -91,6 +91,9 @@ class TrainConfig(_Section):
     weight_decay: Annotated[float, Field(ge=0)] = 0.0
     betas: Annotated[tuple[Unit, Unit], Strict(False)] = (0.9, 0.999)  # a YAML list of two numbers
     warmup_steps: Annotated[int, Field(ge=0)] = 0
+    # the last N steps take the lr linearly down to 0 (warmup-stable-decay; 0: constant after the warmup). Read on
+    # every resume, so a running job can be given a decay phase by resuming it with this set
+    decay_steps: Annotated[int, Field(ge=0)] = 0
     grad_clip: Annotated[float, Field(gt=0)] = 2.0
     ema_decay: Unit = 0.9999
     caption_dropout: Annotated[float, Field(ge=0, le=1)] = 0.1
@@ -108,6 +111,7 @@ class TrainConfig(_Section):
     keep_last: Positive = 2  # checkpoints kept (older ones deleted)
     resume: str | None = "auto"  # auto (the latest in out_dir), a checkpoint directory, or null
     progress: bool = True
+    export_dtype: Literal["fp32", "bf16"] = "fp32"  # the exported pipeline's weights (bf16: half the bytes)
 
 
 class LoraConfig(_Section):

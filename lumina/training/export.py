@@ -5,7 +5,10 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import torch
+
 from .._paths import resolve_path
+from ..conditioning.vocabulary import caption_vocabulary
 from ..models.checkpoints import read_checkpoint, save_state
 from ..pipeline_dir import GenerationDefaults, PipelineConfig
 from . import lora as lora_io
@@ -16,7 +19,8 @@ __all__ = ["export_pipeline"]
 def export_pipeline(trainer, path: Path) -> Path:
     """A pipeline directory (:mod:`lumina.pipeline_dir`) for `lumina generate --model`: the EMA transformer
     (native format), a reference to the text encoder (pkg: paths stay references) and the codec; for a modality
-    other than image, the training sample size as the default size."""
+    other than image, the training sample size as the default size; the words of the training captions when they
+    are few (the pipeline warns about others). ``train.export_dtype`` bf16 stores the weights in half the bytes."""
     ckpt = trainer.latest_checkpoint()
     path.mkdir(parents=True, exist_ok=True)
     m = trainer.cfg.model
@@ -24,6 +28,8 @@ def export_pipeline(trainer, path: Path) -> Path:
     cfg = PipelineConfig(text_layer=m.text_layer, max_length=m.max_length, codec="vae" if vae else m.codec,
                          pixel_channels=trainer.codec.latent_channels, text_encoder=m.text_encoder,
                          vae=m.codec if vae else None)
+    if trainer.text_encoder is not None:
+        cfg.vocabulary = caption_vocabulary(map(trainer.dataset.caption, range(len(trainer.dataset))))
     if not trainer.images:
         cfg.defaults = GenerationDefaults(size=list(trainer.adapter_cls.size_of(trainer.sample_shape())))
     if trainer.cfg.lora is not None:
@@ -34,6 +40,8 @@ def export_pipeline(trainer, path: Path) -> Path:
         tdir = path / "transformer"
         shutil.rmtree(tdir, ignore_errors=True)
         config, ema_state, _ = read_checkpoint(ckpt, ema=True)
-        save_state(config, ema_state, tdir, format="native", ema_state=ema_state)  # as save_pretrained does
+        if trainer.cfg.train.export_dtype == "bf16":
+            ema_state = {k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in ema_state.items()}
+        save_state(config, None, tdir, format="native", ema_state=ema_state)  # the EMA weights alone
     cfg.save(path)
     return path

@@ -8,9 +8,10 @@ This is the data for the tiny text-to-image model lumina trains itself (pixel sp
 * :class:`ShapesDataset` (deterministic per ``(seed, index)``, rendered on the fly) and
   :func:`write_dataset` (``images/00000.png`` ... plus ``captions.jsonl``).
 * :func:`parse_prompt`: colour / shape / position / background words from a caption or a free prompt.
-* :func:`judge` / :func:`adherence`: does an image show the prompted colours (and, reported only,
+* :func:`judge` / :func:`adherence`: does an image show the prompted shape and colours (and, reported apart,
   position)? Background = majority named colour of the border pixels; shape colour = majority named colour
-  of the (eroded) pixels far from the background; position = centre of the shape pixels' robust bounding box.
+  of the (eroded) pixels far from the background; shape = which corners of its box the shape fills; position =
+  centre of the shape pixels' robust bounding box.
 
 Only PIL, numpy and torch are used.
 """
@@ -35,6 +36,10 @@ __all__ = [
     "POSITIONS",
     "POSITION_ANCHORS",
     "TEMPLATES",
+    "TEMPLATE_GROUPS",
+    "DATA_VERSION",
+    "named_fields",
+    "caption_and_fields",
     "SIZE_RANGE",
     "ShapeSpec",
     "random_spec",
@@ -72,20 +77,46 @@ POSITION_ANCHORS: dict[str, tuple[float, float]] = {
     "bottom right": (0.75, 0.75),
 }
 # Shape size (side of its bounding box) as a fraction of the image side.
-SIZE_RANGE: tuple[float, float] = (0.35, 0.5)
+SIZE_RANGE: tuple[float, float] = (0.4, 0.55)
 # Shapes are kept this far (fraction of the side) from the image edge, so the border shows only background.
 _MARGIN = 0.05
 # Jitter of the shape centre (fraction of the side) when `render` gets an rng.
 _JITTER = 0.04
 
-# Caption templates. `{a_color}` is the colour with its article ("a red", "an orange").
-TEMPLATES: tuple[str, ...] = (
-    "{a_color} {shape} at the {position} on {a_background} background",
-    "{color} {shape}, {position}, {background} background",
-    "{a_background} background with {a_color} {shape} in the {position}",
-    "{position}: {a_color} {shape} on {background}",
-    "an image of {a_color} {shape} placed at the {position} of {a_background} canvas",
-)
+# Caption templates, grouped by what they name besides the colour and the shape: the position and the background,
+# the position only, the background only, or neither. `{a_color}` is the colour with its article ("a red", "an
+# orange"). A random caption picks the group uniformly, then a template in it; what a caption leaves out is still
+# random in its image (a caption without a position shows the shape at any of the five positions).
+TEMPLATE_GROUPS: dict[tuple[bool, bool], tuple[str, ...]] = {  # (names the position, names the background)
+    (True, True): (
+        "{a_color} {shape} at the {position} on {a_background} background",
+        "{color} {shape}, {position}, {background} background",
+        "{a_background} background with {a_color} {shape} in the {position}",
+        "{position}: {a_color} {shape} on {background}",
+        "an image of {a_color} {shape} placed at the {position} of {a_background} canvas",
+    ),
+    (True, False): (
+        "{a_color} {shape} at the {position}",
+        "{a_color} {shape} in the {position}",
+        "{position}: {a_color} {shape}",
+        "{color} {shape}, {position}",
+    ),
+    (False, True): (
+        "{a_color} {shape} on {a_background} background",
+        "{a_color} {shape} on {background}",
+        "{a_background} background with {a_color} {shape}",
+        "{color} {shape}, {background} background",
+    ),
+    (False, False): (
+        "{a_color} {shape}",
+        "{color} {shape}",
+        "an image of {a_color} {shape}",
+        "a picture of {a_color} {shape}",
+    ),
+}
+TEMPLATES: tuple[str, ...] = tuple(t for group in TEMPLATE_GROUPS.values() for t in group)
+# Bumped whenever the data a seed renders changes (templates, sizes): the trainer's rendered-data folder names it.
+DATA_VERSION = 2
 
 _NAMES = list(COLORS)
 _PALETTE = np.array([COLORS[n] for n in _NAMES], dtype=np.float32)  # (K, 3)
@@ -156,14 +187,36 @@ def _article(word: str) -> str:
     return ("an " if word[0] in "aeiou" else "a ") + word
 
 
+def _template_index(rng: Optional[RNG]) -> int:
+    if rng is None:
+        return 0
+    group = _choice(rng, list(TEMPLATE_GROUPS))
+    return TEMPLATES.index(_choice(rng, TEMPLATE_GROUPS[group]))
+
+
+def named_fields(spec: ShapeSpec, template: int) -> dict:
+    """The fields of ``spec`` that template ``template`` names (``ShapeSpec`` field names; ``None`` for the position
+    or background it leaves out): what an image for that caption is judged against."""
+    spec, text = _as_spec(spec), TEMPLATES[template]
+    return {"shape": spec.shape, "color": spec.color,
+            "background": spec.background if "background}" in text else None,
+            "position": spec.position if "{position}" in text else None}
+
+
 def caption(spec: ShapeSpec, rng: Optional[RNG] = None, template: Optional[int] = None) -> str:
-    """Caption of ``spec``, e.g. ``"a red circle at the top left on a blue background"``. The template (index
-    into :data:`TEMPLATES`) is ``template`` if given, else drawn from ``rng``, else the first one. Every
-    template names the colour, shape, position and background colour."""
+    """Caption of ``spec``, e.g. ``"a red circle at the top left on a blue background"`` or ``"a red circle"``.
+    The template (index into :data:`TEMPLATES`) is ``template`` if given, else drawn from ``rng`` (a uniform group
+    of :data:`TEMPLATE_GROUPS`, then a uniform template in it), else the first one. Every template names the colour
+    and the shape; :func:`named_fields` says which of the position and background it names."""
+    return caption_and_fields(spec, rng, template)[0]
+
+
+def caption_and_fields(spec: ShapeSpec, rng: Optional[RNG] = None, template: Optional[int] = None) -> tuple[str, dict]:
+    """``(caption, named_fields)`` of one drawn template (see :func:`caption`)."""
     spec = _as_spec(spec)
     if template is None:
-        template = 0 if rng is None else int(_choice(rng, range(len(TEMPLATES))))
-    return TEMPLATES[template].format(
+        template = _template_index(rng)
+    text = TEMPLATES[template].format(
         color=spec.color,
         a_color=_article(spec.color),
         shape=spec.shape,
@@ -171,6 +224,7 @@ def caption(spec: ShapeSpec, rng: Optional[RNG] = None, template: Optional[int] 
         background=spec.background,
         a_background=_article(spec.background),
     )
+    return text, named_fields(spec, template)
 
 
 # ----------------------------------------------------------------------------------------------- rendering
@@ -291,7 +345,7 @@ _BG_WORDS = r"(?:background|backdrop|canvas)"
 _COL_RE = "|".join(sorted((w for w, v in _COLOR_SYNONYMS.items() if v), key=len, reverse=True))
 _SHAPE_RE = "|".join(sorted(_SHAPE_SYNONYMS, key=len, reverse=True))
 _POS_PATTERNS = [
-    (re.compile(rf"\b(?:top|upper)\s+(?:left|right)\b|\b(?:bottom|lower)\s+(?:left|right)\b"), None),
+    (re.compile(r"\b(?:top|upper)\s+(?:left|right)\b|\b(?:bottom|lower)\s+(?:left|right)\b"), None),
     (re.compile(r"\b(?:left|right)\s+(?:top|upper|bottom|lower)\b"), "swap"),
     (re.compile(r"\b(?:center|centre|middle|centered|centred)\b"), "center"),
 ]
@@ -458,12 +512,12 @@ def judge(image, spec) -> dict:
       ``"color": None``).
     * position (reported, not part of ``correct``): the centre of the 5th..95th percentile box of the winning
       shape pixels (interior ones when enough), snapped to the nearest :data:`POSITION_ANCHORS` entry.
-    * shape (reported as ``shape`` / ``shape_ok``; not yet part of ``correct``): from the coverage of the corners
-      of the shape's box (:func:`_shape_of`); ``corners`` holds the (top, bottom) coverages.
+    * shape: from the coverage of the corners of the shape's box (:func:`_shape_of`); ``corners`` holds the (top,
+      bottom) coverages.
 
-    Returns ``background_ok``, ``shape_color_ok``, ``position_ok`` (each ``None`` when the spec does not name
-    that field), ``correct`` (a shape was found and neither ``background_ok`` nor ``shape_color_ok`` is
-    ``False``), ``shape_present``, and the measurements ``background`` / ``color`` / ``position`` (names or
+    Returns ``background_ok``, ``shape_color_ok``, ``shape_ok``, ``position_ok`` (each ``None`` when the spec does
+    not name that field), ``correct`` (a shape was found and none of ``background_ok``, ``shape_color_ok`` and
+    ``shape_ok`` is ``False``; the position is reported apart), ``shape_present``, ``shape``, ``corners``, and the measurements ``background`` / ``color`` / ``position`` (names or
     ``None``), ``background_share``, ``color_share``, ``shape_fraction``, ``center`` ((x, y) fractions or
     ``None``).
     """
@@ -512,7 +566,8 @@ def judge(image, spec) -> dict:
     position_ok = ok("position", position)
     shape_ok = ok("shape", shape)
     shape_present = color is not None
-    correct = bool(shape_present and background_ok is not False and shape_color_ok is not False)
+    correct = bool(shape_present and background_ok is not False and shape_color_ok is not False
+                   and shape_ok is not False)
     return {
         "correct": correct,
         "background_ok": background_ok,

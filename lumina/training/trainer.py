@@ -74,6 +74,15 @@ def _all_mean(x: float, world: int, device) -> float:
 # ------------------------------------------------------------------------------------------------
 # the trainer
 # ------------------------------------------------------------------------------------------------
+def lr_factor(step: int, warmup: int, decay: int, steps: int) -> float:
+    """The lr multiplier after ``step`` optimizer steps: linear warmup over ``warmup`` steps, constant, then linear
+    down to 0 over the last ``decay`` of ``steps`` (warmup-stable-decay)."""
+    f = min(1.0, (step + 1) / warmup) if warmup else 1.0
+    if decay and step > steps - decay:
+        f = min(f, max(0.0, (steps - step) / decay))
+    return f
+
+
 class Trainer:
     """Builds everything from a :class:`Config` and runs :meth:`train`."""
 
@@ -129,8 +138,8 @@ class Trainer:
         self.ema = [p.detach().clone().float() for p in self.trainable]
 
         self.opt = torch.optim.AdamW(self.trainable, lr=t.lr, betas=tuple(t.betas), weight_decay=t.weight_decay)
-        warm = t.warmup_steps
-        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda s: min(1.0, (s + 1) / warm) if warm else 1.0)
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda s: lr_factor(s, t.warmup_steps, t.decay_steps,
+                                                                                     t.steps))
 
         from .data import make_loader
 
@@ -226,13 +235,13 @@ class Trainer:
         if not self.images:
             raise ConfigError(f"`data.shapes` renders images; a {self.cfg.model.modality!r} model needs `data.source` "
                               "(a JSONL of tensor samples)")
-        from .shapes import write_dataset
+        from .shapes import DATA_VERSION, write_dataset
 
         try:  # the renderer draws each image 4x larger: refuse a size that cannot be drawn
             check_fits(render_bytes(d.resolution), "cpu", f"rendering data.shapes at data.resolution={d.resolution}")
         except MemoryEstimateError as e:
             raise ConfigError(str(e)) from None
-        root = self.out / "data" / f"shapes_{d.shapes}_{d.resolution}_{self.cfg.train.seed}"
+        root = self.out / "data" / f"shapes_v{DATA_VERSION}_{d.shapes}_{d.resolution}_{self.cfg.train.seed}"
         jsonl = root / "captions.jsonl"
         if self.main and not jsonl.is_file():
             tmp = root.with_name(root.name + f".tmp{os.getpid()}")
