@@ -264,18 +264,23 @@ def _psnr(a: torch.Tensor, b: torch.Tensor) -> float:
 
 @torch.inference_mode()
 def test_pipeline_context_drop_off_is_bitwise_and_on_is_bounded(pipe):
+    from lumina.training.shapes import judge
+
+    prompt = "a red circle on a blue background"
     kw = dict(steps=8, seed=11, output_type="pt", progress=False, height=64, width=64)
-    plain = pipe("a red circle", **kw)
-    assert pipe.last_run["context_drop"] is None
+    plain = pipe(prompt, **kw)
+    assert pipe.last_run["context_drop"] is None and judge(plain[0], prompt)["correct"]
     for off in (0, "off", None):
-        assert torch.equal(plain, pipe("a red circle", context_drop=off, **kw))
+        assert torch.equal(plain, pipe(prompt, context_drop=off, **kw))
     for cd in ("2", "factor=2,method=tome"):
-        merged = pipe("a red circle", context_drop=cd, **kw)
+        merged = pipe(prompt, context_drop=cd, **kw)
         assert pipe.last_run["context_drop"] == ContextDrop.parse(cd).spec()
         psnr = _psnr(plain, merged)
-        # measured for this prompt and seed: 52.5 dB pool, 56.9 dB tome; the bound leaves ~12 dB of margin
-        # (other prompts can flip composition: see the fidelity table in the README)
-        assert 40.0 < psnr < math.inf, (cd, psnr)
+        # the bundled model of issue 17 at 2x its training size: merging moves the circle (19.0 dB pool, 15.5 dB
+        # tome for this prompt and seed; see the fidelity table in the README) but still draws the prompt; an image
+        # of other colours would be below 10 dB
+        assert judge(merged[0], prompt)["correct"], cd
+        assert 12.0 < psnr < math.inf, (cd, psnr)
 
 
 @torch.inference_mode()
