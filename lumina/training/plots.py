@@ -7,7 +7,6 @@
 from __future__ import annotations
 
 import argparse
-import csv
 import math
 import textwrap
 from pathlib import Path
@@ -15,19 +14,18 @@ from typing import Sequence
 
 from PIL import Image, ImageDraw, ImageFont
 
+from .checkpointing import read_log
+
 __all__ = ["read_loss", "loss_curve", "sample_grid"]
 
 
 def read_loss(path) -> tuple[list[int], list[float]]:
-    """(steps, losses) of a trainer's ``loss.csv``; a step logged twice (a resumed run) keeps its last row."""
-    rows: dict[int, float] = {}
-    with open(path, newline="") as f:
-        for row in csv.DictReader(f):
-            rows[int(row["step"])] = float(row["loss"])
+    """(steps, losses) of a trainer's ``loss.csv`` (:func:`~lumina.training.checkpointing.read_log`: a step logged
+    twice by a resumed run keeps its last row)."""
+    rows = read_log(path)
     if not rows:
         raise ValueError(f"{path}: no loss rows")
-    steps = sorted(rows)
-    return steps, [rows[s] for s in steps]
+    return [r["step"] for r in rows], [r["loss"] for r in rows]
 
 
 def _smooth(values: Sequence[float], window: int) -> list[float]:
@@ -68,8 +66,9 @@ def loss_curve(csv_path, png_path, title: str = "training loss", size: tuple[int
         x, _ = xy(s, 10 ** lo)
         d.text((x - 12, H - bottom + 6), f"{int(s)}", fill="black", font=font)
     d.line([xy(s, v) for s, v in zip(steps, losses)], fill=(180, 180, 180))
-    d.line([xy(s, v) for s, v in zip(steps, _smooth(losses, max(1, len(losses) // 100)))], fill=(30, 60, 200), width=2)
-    d.text((left, 8), f"{title}: {losses[0]:.3g} -> {_smooth(losses, max(1, len(losses) // 100))[-1]:.3g} "
+    smooth = _smooth(losses, max(1, len(losses) // 100))
+    d.line([xy(s, v) for s, v in zip(steps, smooth)], fill=(30, 60, 200), width=2)
+    d.text((left, 8), f"{title}: {losses[0]:.3g} -> {smooth[-1]:.3g} "
                       f"(mean of the last 1%) over {steps[-1]} steps", fill="black", font=font)
     d.text((W // 2 - 10, H - 18), "step", fill="black", font=font)
     img.save(png_path)

@@ -115,6 +115,7 @@ TEMPLATE_GROUPS: dict[tuple[bool, bool], tuple[str, ...]] = {  # (names the posi
     ),
 }
 TEMPLATES: tuple[str, ...] = tuple(t for group in TEMPLATE_GROUPS.values() for t in group)
+_NAMES_OF = tuple(key for key, group in TEMPLATE_GROUPS.items() for _ in group)  # per template: its group's key
 # Bumped whenever the data a seed renders changes (templates, sizes): the trainer's rendered-data folder names it.
 DATA_VERSION = 2
 
@@ -197,10 +198,9 @@ def _template_index(rng: Optional[RNG]) -> int:
 def named_fields(spec: ShapeSpec, template: int) -> dict:
     """The fields of ``spec`` that template ``template`` names (``ShapeSpec`` field names; ``None`` for the position
     or background it leaves out): what an image for that caption is judged against."""
-    spec, text = _as_spec(spec), TEMPLATES[template]
-    return {"shape": spec.shape, "color": spec.color,
-            "background": spec.background if "background}" in text else None,
-            "position": spec.position if "{position}" in text else None}
+    spec, (position, background) = _as_spec(spec), _NAMES_OF[template]
+    return {"shape": spec.shape, "color": spec.color, "background": spec.background if background else None,
+            "position": spec.position if position else None}
 
 
 def caption(spec: ShapeSpec, rng: Optional[RNG] = None, template: Optional[int] = None) -> str:
