@@ -116,7 +116,7 @@ def _site_dirs() -> list[str]:
 
 setup(
     packages=find_packages(include=["lumina", "lumina.*", "lumina_kernels", "lumina_kernels.*"]),
-    # the bundled default model (lumina/assets/default_model: bf16 EMA weights, config.json, pipeline config)
+    # the bundled default model (lumina/assets/default_model: bf16 weights, config.json, pipeline config)
     package_data={"lumina": ["assets/default_model/*", "assets/default_model/transformer/*"]},
     ext_modules=[_extension()],
     cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},

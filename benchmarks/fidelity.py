@@ -31,8 +31,10 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-PROMPTS = ["a red circle", "a blue square", "a green triangle on yellow", "a small purple star",
-           "two orange circles", "a white square on black", "a large cyan circle", "a pink triangle"]
+# in the bundled model's vocabulary (3 shapes, 8 colours, 5 positions), with and without a background and position
+PROMPTS = ["a red circle on a blue background", "a blue square", "a yellow triangle on a purple background",
+           "a white square at the top left on a black background", "an orange circle", "a red triangle at the right",
+           "a black square on a yellow background", "a purple circle on a white background"]
 
 CONFIGS = [
     ("midpoint 30", dict(steps=30, solver="midpoint")),

@@ -19,7 +19,7 @@ from lumina.training.shapes_eval import evaluate
 
 REPO = Path(__file__).resolve().parent.parent
 BUNDLED = REPO / "lumina" / "assets" / "default_model"
-WEIGHTS = BUNDLED / "transformer" / "model_ema.safetensors"
+WEIGHTS = BUNDLED / "transformer" / "model.safetensors"
 README_PROMPT = "a red circle on a blue background"
 
 

@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import pytest
@@ -155,6 +156,30 @@ def test_train_writes_log_checkpoints_and_a_pipeline(tmp_path, gemma):
     # the exported pipeline generates
     images = lumina.generate("a red circle", model=run / "pipeline", steps=2, seed=0, progress=False)
     assert images[0].size == (16, 16)
+    # export_weights last: the raw weights as model.safetensors, marked so that loading them does not warn
+    tr = Trainer(cfg.model_copy(update={"train": cfg.train.model_copy(update={"export_weights": "last"})}))
+    last = tr.export_pipeline(run / "pipeline_last") / "transformer"
+    assert sorted(p.name for p in last.iterdir()) == ["config.json", "model.safetensors"]
+    assert json.loads((last / "config.json").read_text())["weights"] == "last"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        loaded = lumina.NextDiT.from_pretrained(last)
+    assert torch.equal(loaded.x_embedder.weight, raw.x_embedder.weight.bfloat16())
+
+
+def test_ema_warmup_forgets_the_init(tmp_path, gemma):
+    """Update n uses decay min(ema_decay, (1+n)/(10+n)): the first update keeps 10% of the init, not 90%."""
+    for warmup, kept in ((True, 0.1), (False, 0.9)):
+        tr = Trainer(C.from_dict(_cfg(tmp_path, gemma, train={"ema_warmup": warmup})))
+        assert [round(tr.ema_decay_at(n), 6) for n in (0, 10, 1000)] == \
+            ([0.1, 0.55, 0.9] if warmup else [0.9, 0.9, 0.9])
+        init = [e.clone() for e in tr.ema]
+        with torch.no_grad():
+            for p in tr.trainable:
+                p.add_(1.0)
+        tr._ema_update()
+        for e, e0, p in zip(tr.ema, init, tr.trainable):
+            torch.testing.assert_close(e, kept * e0 + (1 - kept) * p.float())
 
 
 @pytest.mark.slow

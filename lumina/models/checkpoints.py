@@ -7,6 +7,9 @@ Native directory (the default of ``save_pretrained``)::
     model.safetensors            weights (the model's own parameter names)
     model_ema.safetensors        EMA weights (optional; loaded by default when present)
 
+    A pipeline export that deliberately ships the last (non-EMA) weights records ``"weights": "last"`` in
+    config.json: its model.safetensors then loads without the "no EMA weights" warning.
+
 Official directory (Lumina-Next-T2I / -SFT)::
 
     model_args.pth                          argparse.Namespace (model preset name, qk_norm, image_size, ...)
@@ -335,12 +338,13 @@ def native_config(d: dict, file: Path) -> NextDiTConfig:
 
 
 def _read_native(p: Path, ema: bool) -> tuple[NextDiTConfig, dict[str, torch.Tensor]]:
-    cfg = native_config(_read_json(p / NATIVE_CONFIG), p / NATIVE_CONFIG)
+    meta = _read_json(p / NATIVE_CONFIG)
+    cfg = native_config(meta, p / NATIVE_CONFIG)
     order = (NATIVE_EMA_WEIGHTS, NATIVE_WEIGHTS) if ema else (NATIVE_WEIGHTS,)
     file = next((p / n for n in order if (p / n).is_file()), None)
     if file is None:
         raise FileNotFoundError(f"{str(p)!r}: no weights file; expected one of {list(order)}")
-    if ema and file.name == NATIVE_WEIGHTS:
+    if ema and file.name == NATIVE_WEIGHTS and meta.get("weights") != "last":  # "last": chosen at export
         warnings.warn(f"{p}: no EMA weights ({NATIVE_EMA_WEIGHTS}); loading {file.name}", stacklevel=4)
     return cfg, read_safetensors(file)
 
@@ -430,11 +434,15 @@ def save_pretrained(model, path, format: str = "native", ema_state: dict | None 
 
 
 def save_state(config: NextDiTConfig, state: dict | None, path, format: str = "native", ema_state: dict | None = None,
-               max_shard_size: int | None = None) -> None:
+               max_shard_size: int | None = None, last_only: bool = False) -> None:
     """:func:`save_pretrained` from a config and state dicts (the model's names), without a model instance.
-    ``state`` None (native format, with ``ema_state``): the EMA weights alone, what a pipeline samples with."""
+    ``state`` None (native format, with ``ema_state``): the EMA weights alone, what a pipeline samples with.
+    ``last_only`` (native, ``state`` without ``ema_state``): the export chose the last weights over the EMA, recorded
+    as ``"weights": "last"`` so that loading them does not warn about missing EMA weights."""
     if format not in FORMATS:
         raise ValueError(f"`format` must be one of {FORMATS}, got {format!r}")
+    if last_only and (format != "native" or state is None or ema_state is not None):
+        raise ValueError("`last_only` needs format='native', `state` and no `ema_state`")
     if state is None and (format != "native" or ema_state is None):
         raise ValueError("`state` None (the EMA weights alone) needs format='native' and `ema_state`")
     if format != "native":
@@ -445,6 +453,8 @@ def save_state(config: NextDiTConfig, state: dict | None, path, format: str = "n
     if format == "native":
         meta = {"family": FAMILY, "format_version": NATIVE_VERSION, "modality": config.modality,
                 "config": config.to_dict()}
+        if last_only:
+            meta["weights"] = "last"
         with open(p / NATIVE_CONFIG, "w") as f:
             json.dump(meta, f, indent=2)
         if state is not None:

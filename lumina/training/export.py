@@ -1,5 +1,5 @@
-"""The pipeline directory a training run ends with (:mod:`lumina.pipeline_dir`): the EMA transformer in the native
-format, the text encoder reference, the codec, and for sequences and volumes the training size as the default."""
+"""The pipeline directory a training run ends with (:mod:`lumina.pipeline_dir`): the EMA (or last) transformer in the
+native format, the text encoder reference, the codec, and for sequences and volumes the training size as the default."""
 from __future__ import annotations
 
 import shutil
@@ -18,7 +18,7 @@ __all__ = ["export_pipeline"]
 
 def export_pipeline(trainer, path: Path) -> Path:
     """A pipeline directory (:mod:`lumina.pipeline_dir`) for `lumina generate --model`: the EMA transformer
-    (native format), a reference to the text encoder (pkg: paths stay references) and the codec; for a modality
+    (native format; ``train.export_weights: last`` exports the last weights instead), a reference to the text encoder (pkg: paths stay references) and the codec; for a modality
     other than image, the training sample size as the default size; the words of the training captions when they
     are few (the pipeline warns about others). ``train.export_dtype`` bf16 stores the weights in half the bytes."""
     ckpt = trainer.latest_checkpoint()
@@ -39,9 +39,13 @@ def export_pipeline(trainer, path: Path) -> Path:
     else:
         tdir = path / "transformer"
         shutil.rmtree(tdir, ignore_errors=True)
-        config, ema_state, _ = read_checkpoint(ckpt, ema=True)
+        last = trainer.cfg.train.export_weights == "last"
+        config, state, _ = read_checkpoint(ckpt, ema=not last)
         if trainer.cfg.train.export_dtype == "bf16":
-            ema_state = {k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in ema_state.items()}
-        save_state(config, None, tdir, format="native", ema_state=ema_state)  # the EMA weights alone
+            state = {k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in state.items()}
+        if last:  # model.safetensors, marked as chosen (loads without the "no EMA weights" warning)
+            save_state(config, state, tdir, format="native", last_only=True)
+        else:  # the EMA weights alone
+            save_state(config, None, tdir, format="native", ema_state=state)
     cfg.save(path)
     return path

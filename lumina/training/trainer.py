@@ -293,8 +293,13 @@ class Trainer:
         return flow.flow_loss(v, fb)
 
     @torch.no_grad()
+    def ema_decay_at(self, n: int) -> float:
+        """The EMA decay of update `n` (0-based): ``ema_decay``, ramped by (1 + n) / (10 + n) under ``ema_warmup``."""
+        t = self.cfg.train
+        return min(t.ema_decay, (1 + n) / (10 + n)) if t.ema_warmup else t.ema_decay
+
     def _ema_update(self) -> None:
-        d = self.cfg.train.ema_decay
+        d = self.ema_decay_at(self.step)  # self.step: the updates done before this one (restored on resume)
         for e, p in zip(self.ema, self.trainable):
             e.lerp_(p.detach().float(), 1 - d)
 
