@@ -18,9 +18,10 @@ __all__ = ["export_pipeline"]
 
 def export_pipeline(trainer, path: Path) -> Path:
     """A pipeline directory (:mod:`lumina.pipeline_dir`) for `lumina generate --model`: the EMA transformer
-    (native format; ``train.export_weights: last`` exports the last weights instead), a reference to the text encoder (pkg: paths stay references) and the codec; for a modality
-    other than image, the training sample size as the default size; the words of the training captions when they
-    are few (the pipeline warns about others). ``train.export_dtype`` bf16 stores the weights in half the bytes."""
+    (native format; ``train.export_weights: last`` exports the last weights instead), a reference to the text
+    encoder (pkg: paths stay references) and the codec; for a modality other than image, the training sample size
+    as the default size; the words of the training captions when they are few (the pipeline warns about others).
+    ``train.export_dtype`` bf16 stores the weights in half the bytes."""
     ckpt = trainer.latest_checkpoint()
     path.mkdir(parents=True, exist_ok=True)
     m = trainer.cfg.model

@@ -292,12 +292,12 @@ class Trainer:
             v = self.ddp_model(fb.xt, t.to(self.device), feats, mask, clean_prefix=n_clean or None)
         return flow.flow_loss(v, fb)
 
-    @torch.no_grad()
     def ema_decay_at(self, n: int) -> float:
         """The EMA decay of update `n` (0-based): ``ema_decay``, ramped by (1 + n) / (10 + n) under ``ema_warmup``."""
         t = self.cfg.train
         return min(t.ema_decay, (1 + n) / (10 + n)) if t.ema_warmup else t.ema_decay
 
+    @torch.no_grad()
     def _ema_update(self) -> None:
         d = self.ema_decay_at(self.step)  # self.step: the updates done before this one (restored on resume)
         for e, p in zip(self.ema, self.trainable):
