@@ -1,6 +1,7 @@
 """NextDiT against diffusers' LuminaNextDiT2DModel on random tiny configs, and checkpoint io (official and
 diffusers directories, round trips, clear errors)."""
 import argparse
+import copy
 import json
 
 import pytest
@@ -56,9 +57,24 @@ def _diffusers_forward(dmodel, cfg, x, t, feats, mask, base_seq_len=None):
     return out[:, : cfg.in_channels]  # drop the sigma half
 
 
-def _assert_fp32_close(ours, ref):
-    scale = ref.abs().max().item()
-    torch.testing.assert_close(ours, ref, rtol=2e-5, atol=2e-5 * max(scale, 1.0))
+def _assert_equals_peer(out, dmodel, cfg, x, t, feats, mask, base_seq_len=None):
+    """Our float32 output against diffusers run in float64 on the same weights, within the peer's own float32 error.
+
+    Random std-0.3 weights make some of these tiny models ill-conditioned (without qk norm the attention logits are
+    large): on some seeds diffusers' own float32 output is 5e-5 of the output's scale away from its float64 output,
+    and a fixed 2e-5 bound failed on ours for one seed in CI. So the bound is 3x the peer's own float32 error, never
+    below 2e-5 of the scale. Measured over 100 seeds of five of these configs: ours reaches at most 0.41 of the bound.
+    A convention error (a RoPE layout, a scale, a mask) moves the output by whole percents."""
+    ref32 = _diffusers_forward(dmodel, cfg, x, t, feats, mask, base_seq_len)
+    d64 = copy.deepcopy(dmodel).double()  # .double(), not .to(): diffusers' .to() logs a dtype warning
+    ref = _diffusers_forward(d64, cfg, x.double(), t.double(), feats.double(), mask, base_seq_len)
+    assert out.shape == ref.shape
+    scale = max(ref.abs().max().item(), 1.0)
+    peer_err = (ref32.double() - ref).abs().max().item() / scale
+    err = (out.double() - ref).abs().max().item() / scale
+    bound = max(3 * peer_err, 2e-5)
+    assert err <= bound, (f"ours is {err:.2e} of the scale from diffusers (float64); allowed {bound:.2e} "
+                          f"(its own float32 error {peer_err:.2e})")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -78,10 +94,9 @@ def test_equals_diffusers(heads, kv_heads, dim):
     t = torch.rand(B)
     feats, mask = _caption(B, 7, cfg.context_dim, [7, 3])  # the second caption is padded
     with torch.no_grad():
-        ref = _diffusers_forward(dmodel, cfg, x, t, feats, mask)
         out = ours(x, t, feats, mask)
-    assert out.shape == (B, cfg.in_channels, H, W)
-    _assert_fp32_close(out, ref)
+        assert out.shape == (B, cfg.in_channels, H, W)
+        _assert_equals_peer(out, dmodel, cfg, x, t, feats, mask)
 
 
 @pytest.mark.parametrize("learn_sigma,qk_norm", [(False, True), (True, False)])
@@ -94,7 +109,7 @@ def test_equals_diffusers_variants(learn_sigma, qk_norm):
     t = torch.rand(1)
     feats, mask = _caption(1, 5, 16, [4])
     with torch.no_grad():
-        _assert_fp32_close(ours(x, t, feats, mask), _diffusers_forward(dmodel, cfg, x, t, feats, mask))
+        _assert_equals_peer(ours(x, t, feats, mask), dmodel, cfg, x, t, feats, mask)
 
 
 def test_proportional_attention_equals_diffusers():
@@ -104,10 +119,9 @@ def test_proportional_attention_equals_diffusers():
     t = torch.rand(2)
     feats, mask = _caption(2, 6, cfg.context_dim, [6, 2])
     with torch.no_grad():
-        ref = _diffusers_forward(dmodel, cfg, x, t, feats, mask, base_seq_len=16)
         out = ours(x, t, feats, mask, base_seq_len=16)
         plain = ours(x, t, feats, mask)
-    _assert_fp32_close(out, ref)
+        _assert_equals_peer(out, dmodel, cfg, x, t, feats, mask, base_seq_len=16)
     assert (out - plain).abs().max() > 1e-3  # the scale really changed something
 
 
@@ -121,9 +135,8 @@ def test_list_input_equals_diffusers_per_sample():
     with torch.no_grad():
         outs = ours(xs, t, feats, mask)
         for i, x in enumerate(xs):
-            ref = _diffusers_forward(dmodel, cfg, x[None], t[i : i + 1], feats[i : i + 1], mask[i : i + 1])
             assert outs[i].shape == x.shape
-            _assert_fp32_close(outs[i][None], ref)
+            _assert_equals_peer(outs[i][None], dmodel, cfg, x[None], t[i : i + 1], feats[i : i + 1], mask[i : i + 1])
 
 
 def test_diffusers_key_mapping_is_complete():
@@ -234,7 +247,7 @@ def test_diffusers_round_trip_and_diffusers_loads_it(tmp_path, shard):
     dmodel = _peer().LuminaNextDiT2DModel.from_pretrained(tmp_path).eval()
     x, t, f, m = _inputs(model.config)
     with torch.no_grad():
-        _assert_fp32_close(model(x, t, f, m), _diffusers_forward(dmodel, model.config, x, t, f, m))
+        _assert_equals_peer(model(x, t, f, m), dmodel, model.config, x, t, f, m)
 
 
 def test_diffusers_pipeline_root_is_found(tmp_path):
@@ -254,7 +267,7 @@ def test_diffusers_saved_by_diffusers_loads(tmp_path):
     assert ours.config.dim == 48 and ours.config.kv_heads == 2 and ours.config.context_dim == 16
     x, t, f, m = _inputs(cfg)
     with torch.no_grad():
-        _assert_fp32_close(ours(x, t, f, m), _diffusers_forward(dmodel, cfg, x, t, f, m))
+        _assert_equals_peer(ours(x, t, f, m), dmodel, cfg, x, t, f, m)
 
 
 # ----------------------------------------------------------------------------------------------
